@@ -1,0 +1,7 @@
+"""``python -m expr_core``: see :mod:`expr_core.cli`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,56 @@
+"""Crash-safe file writes: write a temporary file beside the target, fsync it, then rename.
+
+A reader therefore sees either the old file or the complete new one, never a half-written file,
+even if the process is killed mid-write. Temporary files start with ``.tmp-`` so that directory
+listings can ignore them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+TMP_PREFIX = ".tmp-"
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Yield a file object whose content replaces ``path`` only if the block completes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data``."""
+    with atomic_writer(path, "wb") as handle:
+        handle.write(data)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically replace ``path`` with ``obj`` as indented JSON."""
+    with atomic_writer(path, "w") as handle:
+        json.dump(obj, handle, indent=2, ensure_ascii=False)
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    """Read a JSON file written by :func:`write_json`; ``default`` when it does not exist."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return default

@@ -1,0 +1,264 @@
+"""The labelled face dataset of a workspace: labels, sample images and their manifest.
+
+Layout under ``<workspace>/dataset``::
+
+    labels.json       ordered list of label names
+    manifest.jsonl    one JSON object per sample (see :class:`Sample`)
+    images/<id>.jpg   the crops, named by sample id (labels live in the manifest, so renaming a
+                      label never moves files)
+    .lock             advisory lock serialising writers across threads and processes
+
+Crash safety: an image is written atomically before its manifest line is appended, so a crash can
+leave at most an orphan image (never listed) or a torn last manifest line (skipped on read). Several
+browser sessions and CLI imports can write at once: every write holds the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import threading
+import time
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import atomic
+from .errors import DatasetError, InvalidLabel
+
+DEFAULT_LABELS = ("happy", "sad")
+SOURCES = ("webcam", "upload", "import", "review")
+MAX_LABEL_LEN = 40
+RESERVED_LABELS = {"con", "prn", "aux", "nul", "images", "manifest", "labels"} | {f"com{i}" for i in range(10)} | {
+    f"lpt{i}" for i in range(10)
+}
+JPEG_QUALITY = 95
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled face crop and where it came from."""
+
+    id: str
+    label: str
+    source: str
+    session: str
+    created: float
+    score: float | None = None
+    captured_by: str = "anonymous"
+    subject: str | None = None
+    origin: str | None = None  # file name it was imported from, if any
+
+    @property
+    def group(self) -> str:
+        """The unit a validation split must not cut through.
+
+        The subject when known; for imported photos without one, the photo itself (several faces of
+        one photo stay together); otherwise the capture session, so frames of one burst stay together.
+        """
+        if self.subject:
+            return f"subject:{self.subject}"
+        if self.source == "import" and self.origin:
+            return f"origin:{self.origin}"
+        return f"session:{self.session}"
+
+
+@dataclass
+class NewSample:
+    """A crop about to be added; the store assigns id and time."""
+
+    image: np.ndarray
+    label: str
+    source: str
+    session: str
+    score: float | None = None
+    captured_by: str = "anonymous"
+    subject: str | None = None
+    origin: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def new_id() -> str:
+    """Unique, time-ordered sample or session id."""
+    return f"{time.time_ns() // 1_000_000:x}{secrets.token_hex(4)}"
+
+
+def validate_label(name: str, existing: Iterable[str] = ()) -> str:
+    """The normalised label, or :class:`InvalidLabel` saying exactly what is wrong with it."""
+    if not isinstance(name, str):
+        raise InvalidLabel("A label must be text.")
+    label = unicodedata.normalize("NFC", name).strip()
+    if not label:
+        raise InvalidLabel("A label cannot be empty.")
+    if len(label) > MAX_LABEL_LEN:
+        raise InvalidLabel(f"A label can have at most {MAX_LABEL_LEN} characters; {label[:20]!r}... has {len(label)}.")
+    allowed = all(ch.isalnum() or ch in " _-" for ch in label)
+    if not allowed or label.startswith(("-", "_")):
+        raise InvalidLabel(
+            f"{label!r} is not allowed: use letters (any alphabet), digits, spaces, '-' and '_', starting with a "
+            "letter or digit (no '/', '..' or other path characters)."
+        )
+    if label.lower() in RESERVED_LABELS:
+        raise InvalidLabel(f"{label!r} is a reserved name; choose another.")
+    if any(label.casefold() == other.casefold() for other in existing):
+        raise InvalidLabel(f"There is already a label called {label!r}.")
+    return label
+
+
+class DatasetStore:
+    """Thread- and process-safe access to one workspace's dataset."""
+
+    def __init__(self, workspace: Path) -> None:
+        self.root = Path(workspace) / "dataset"
+        self.images_dir = self.root / "images"
+        self._manifest = self.root / "manifest.jsonl"
+        self._labels_file = self.root / "labels.json"
+        self._thread_lock = threading.Lock()
+
+    # -- locking -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        with self._thread_lock, open(self.root / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # -- labels --------------------------------------------------------------------------------
+    def labels(self) -> list[str]:
+        return list(atomic.read_json(self._labels_file, list(DEFAULT_LABELS)))
+
+    def add_label(self, name: str) -> str:
+        with self._locked():
+            labels = self.labels()
+            label = validate_label(name, labels)
+            atomic.write_json(self._labels_file, [*labels, label])
+        return label
+
+    def rename_label(self, old: str, new: str) -> str:
+        with self._locked():
+            labels = self.labels()
+            self._require_label(old, labels)
+            label = validate_label(new, [x for x in labels if x != old])
+            samples = [s if s.label != old else Sample(**{**asdict(s), "label": label}) for s in self._read()]
+            self._rewrite(samples)
+            atomic.write_json(self._labels_file, [label if x == old else x for x in labels])
+        return label
+
+    def delete_label(self, name: str, delete_samples: bool = False) -> int:
+        """Remove a label; its samples too only when asked, so no click loses data by surprise."""
+        with self._locked():
+            labels = self.labels()
+            self._require_label(name, labels)
+            doomed = [s for s in self._read() if s.label == name]
+            if doomed and not delete_samples:
+                raise DatasetError(f"Label {name!r} still has {len(doomed)} samples; delete them too or move them first.")
+            self._remove(doomed)
+            atomic.write_json(self._labels_file, [x for x in labels if x != name])
+        return len(doomed)
+
+    def _require_label(self, name: str, labels: list[str]) -> None:
+        if name not in labels:
+            raise DatasetError(f"There is no label {name!r}; the labels are {', '.join(labels) or 'none'}.")
+
+    # -- samples -------------------------------------------------------------------------------
+    def _read(self) -> list[Sample]:
+        try:
+            lines = self._manifest.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        samples = []
+        for line in lines:
+            try:
+                samples.append(Sample(**json.loads(line)))
+            except (json.JSONDecodeError, TypeError):
+                continue  # a line torn by a crash mid-append
+        return samples
+
+    def samples(self, label: str | None = None) -> list[Sample]:
+        """Samples whose image exists, oldest first, optionally of one label."""
+        present = {p.stem for p in self.images_dir.glob("*.jpg")} if self.images_dir.is_dir() else set()
+        return [s for s in self._read() if s.id in present and (label is None or s.label == label)]
+
+    def image_path(self, sample: Sample | str) -> Path:
+        return self.images_dir / f"{sample if isinstance(sample, str) else sample.id}.jpg"
+
+    def load_image(self, sample: Sample) -> np.ndarray:
+        image = cv2.imread(str(self.image_path(sample)), cv2.IMREAD_COLOR)
+        if image is None:
+            raise DatasetError(f"Sample {sample.id} ({sample.label}) has an unreadable image file.")
+        return image
+
+    def add_samples(self, items: list[NewSample]) -> list[Sample]:
+        """Store crops: every image atomically first, then all their manifest lines in one append."""
+        if not items:
+            return []
+        with self._locked():
+            labels = self.labels()
+            for item in items:
+                self._require_label(item.label, labels)
+                if item.source not in SOURCES:
+                    raise DatasetError(f"Unknown sample source {item.source!r}.")
+            if not self._labels_file.exists():
+                atomic.write_json(self._labels_file, labels)
+            added = [self._write_image(item) for item in items]
+            with open(self._manifest, "a", encoding="utf-8") as handle:
+                handle.write("".join(json.dumps(asdict(s), ensure_ascii=False) + "\n" for s in added))
+                handle.flush()
+                os.fsync(handle.fileno())
+        return added
+
+    def _write_image(self, item: NewSample) -> Sample:
+        ok, encoded = cv2.imencode(".jpg", item.image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            raise DatasetError("Could not encode a face crop as JPEG.")
+        sample = Sample(
+            id=new_id(), label=item.label, source=item.source, session=item.session, created=time.time(),
+            score=None if item.score is None else round(float(item.score), 4), captured_by=item.captured_by,
+            subject=item.subject, origin=item.origin,
+        )
+        atomic.write_bytes(self.image_path(sample), encoded.tobytes())
+        return sample
+
+    def delete_samples(self, ids: Iterable[str]) -> int:
+        wanted = set(ids)
+        with self._locked():
+            doomed = [s for s in self._read() if s.id in wanted]
+            self._remove(doomed)
+        return len(doomed)
+
+    def _remove(self, doomed: list[Sample]) -> None:
+        """Drop samples from the manifest first (atomic rewrite), then their files."""
+        if not doomed:
+            return
+        gone = {s.id for s in doomed}
+        self._rewrite([s for s in self._read() if s.id not in gone])
+        for sample in doomed:
+            with contextlib.suppress(FileNotFoundError):
+                self.image_path(sample).unlink()
+
+    def _rewrite(self, samples: list[Sample]) -> None:
+        with atomic.atomic_writer(self._manifest, "w") as handle:
+            handle.write("".join(json.dumps(asdict(s), ensure_ascii=False) + "\n" for s in samples))
+
+    def delete_all(self) -> None:
+        """Remove every sample and reset the labels to the defaults."""
+        with self._locked():
+            self._remove(self._read())
+            atomic.write_json(self._labels_file, list(DEFAULT_LABELS))
+
+    # -- summaries -----------------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """Sample count per label, in label order, zero for empty labels."""
+        counts = Counter(s.label for s in self.samples())
+        return {label: counts.get(label, 0) for label in self.labels()}

@@ -1,0 +1,133 @@
+"""Reading untrusted image files, folders and zip archives without surprises.
+
+Every way an upload can be bad ends in :class:`BadInput` with a message naming the file: empty,
+not an image, truncated, too many pixels, an archive that would expand too far (zip bomb), or an
+archive member that tries to escape with ``../``, an absolute path or a link.
+"""
+
+from __future__ import annotations
+
+import io
+import stat
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import BadInput
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+MAX_PIXELS = 40_000_000  # a 40-megapixel photo is plenty; more is almost surely an attack or a mistake
+MAX_FILE_BYTES = 50 * 1024 * 1024
+MAX_ZIP_MEMBERS = 50_000
+MAX_ZIP_TOTAL_BYTES = 2 * 1024**3
+MAX_ZIP_RATIO = 200  # uncompressed/compressed; images barely compress, bombs compress a thousandfold
+
+
+@dataclass(frozen=True)
+class RawImage:
+    """One image file's bytes before decoding; ``folder`` is its parent folder's name (a label hint)."""
+
+    name: str
+    data: bytes
+    folder: str | None
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """Decode image bytes to a BGR uint8 array, refusing empty, corrupt, truncated or huge images."""
+    if not data:
+        raise BadInput(f"{name}: the file is empty (0 bytes).")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise BadInput(
+                    f"{name}: {img.width}x{img.height} pixels is larger than the {MAX_PIXELS // 1_000_000} megapixel limit; "
+                    "scale it down first."
+                )
+            img.load()
+            rgb = np.asarray(img.convert("RGB"))
+    except BadInput:
+        raise
+    except UnidentifiedImageError as exc:
+        raise BadInput(f"{name}: not an image file this app can read (JPEG, PNG, BMP, WebP, TIFF, GIF).") from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadInput(f"{name}: the image is truncated or corrupt ({exc}).") from exc
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+
+
+def is_image_name(name: str) -> bool:
+    return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _check_member(info: zipfile.ZipInfo, archive: str) -> None:
+    path = PurePosixPath(info.filename)
+    if info.filename.startswith(("/", "\\")) or ".." in path.parts or ":" in path.parts[0]:
+        raise BadInput(f"{archive}: member {info.filename!r} points outside the archive; refusing the whole archive.")
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise BadInput(f"{archive}: member {info.filename!r} is a link; refusing the whole archive.")
+    if info.file_size > MAX_FILE_BYTES:
+        raise BadInput(f"{archive}: member {info.filename!r} is {info.file_size:,} bytes, over the per-file limit.")
+    if info.compress_size and info.file_size / info.compress_size > MAX_ZIP_RATIO:
+        raise BadInput(f"{archive}: member {info.filename!r} expands {info.file_size // info.compress_size}x; this looks like a zip bomb.")
+
+
+def open_zip(data: bytes, archive: str) -> zipfile.ZipFile:
+    """Open an archive after checking every member, so a bad archive is refused before anything is read."""
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise BadInput(f"{archive}: not a readable zip archive ({exc}).") from exc
+    if len(infos) > MAX_ZIP_MEMBERS:
+        raise BadInput(f"{archive}: {len(infos):,} members is more than the {MAX_ZIP_MEMBERS:,} allowed.")
+    total = 0
+    for info in infos:
+        _check_member(info, archive)
+        total += info.file_size
+    if total > MAX_ZIP_TOTAL_BYTES:
+        raise BadInput(f"{archive}: would expand to {total:,} bytes, over the {MAX_ZIP_TOTAL_BYTES:,} limit.")
+    return zf
+
+
+def iter_zip_images(data: bytes, archive: str) -> Iterator[RawImage]:
+    """Image members of a checked archive (other members are ignored), with their folder names."""
+    zf = open_zip(data, archive)
+    for info in zf.infolist():
+        if info.is_dir() or not is_image_name(info.filename) or PurePosixPath(info.filename).name.startswith("."):
+            continue
+        parent = PurePosixPath(info.filename).parent.name or None
+        try:
+            content = zf.read(info)
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise BadInput(f"{archive}: member {info.filename!r} cannot be read ({exc}).") from exc
+        yield RawImage(f"{archive}/{info.filename}", content, parent)
+
+
+def read_file(path: Path) -> bytes:
+    """Bytes of a user-named file, with messages for the usual mistakes."""
+    if not path.exists():
+        raise BadInput(f"{path}: no such file or folder.")
+    if path.is_symlink() and not path.resolve().exists():
+        raise BadInput(f"{path}: a broken link.")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES and path.suffix.lower() != ".zip":
+        raise BadInput(f"{path}: {size:,} bytes is over the {MAX_FILE_BYTES:,}-byte limit for one image.")
+    return path.read_bytes()
+
+
+def iter_path_images(path: Path) -> Iterator[RawImage]:
+    """Images in a file, a folder (recursively; labels from folder names) or a zip archive."""
+    if path.is_dir():
+        for child in sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name)):
+            if not any(part.startswith(".") for part in child.relative_to(path).parts):
+                yield RawImage(str(child), read_file(child), child.parent.name if child.parent != path else None)
+        return
+    data = read_file(path)
+    if path.suffix.lower() == ".zip" or data[:4] == b"PK\x03\x04":
+        yield from iter_zip_images(data, str(path))
+    else:
+        yield RawImage(str(path), data, None)

@@ -1,0 +1,87 @@
+"""All configuration in one frozen object, built from environment variables and (in the app) secrets.
+
+Every other module receives a :class:`Settings` instead of reading the environment itself, so tests
+and the CLI can build one explicitly and nothing depends on where the process happened to start.
+
+Environment variables (all optional):
+
+- ``EXPR_HOME``: workspace folder holding the dataset, runs and models (default ``./workspace``).
+- ``EXPR_MODELS_DIR``: folder searched first for model files such as the YuNet ONNX file
+  (default ``./models``). Files found there are used before any download.
+- ``EXPR_CACHE_DIR``: where downloaded model files are cached (default ``~/.cache/expr-studio``).
+- ``EXPR_DOWNLOADS``: ``0`` forbids downloads (files must be in the models folder or the cache).
+- ``EXPR_DETECTOR``: ``yunet`` (default), ``ssd`` or ``haar``.
+- ``EXPR_ICE_SERVERS``: a JSON list of ICE server objects for WebRTC, e.g.
+  ``[{"urls": ["turn:turn.example.org:3478"], "username": "u", "credential": "p"}]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+DETECTORS = ("yunet", "ssd", "haar")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where things live and which detector to use; see the module docstring for the variables."""
+
+    workspace: Path = Path("workspace")
+    models_dir: Path = Path("models")
+    cache_dir: Path = Path.home() / ".cache" / "expr-studio"
+    allow_downloads: bool = True
+    detector: str = "yunet"
+    crop_margin: float = 0.2
+    crop_size: int = 224
+    ice_servers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (settings are immutable so they can be shared by threads)."""
+        return replace(self, **changes)
+
+
+def parse_ice_servers(raw: Any) -> tuple[dict[str, Any], ...]:
+    """Validate ICE servers given as a JSON string or a list of mappings.
+
+    An empty value gives an empty tuple: we never fall back to a hard-coded public server.
+    """
+    if raw in (None, "", [], ()):
+        return ()
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"ICE servers are not valid JSON ({exc}); expected a list of objects with 'urls'.") from exc
+    if not isinstance(raw, (list, tuple)):
+        raise UserError("ICE servers must be a list of objects, each with a 'urls' entry.")
+    servers = []
+    for entry in raw:
+        if not isinstance(entry, Mapping) or not entry.get("urls"):
+            raise UserError(f"ICE server entry {entry!r} has no 'urls'.")
+        servers.append(dict(entry))
+    return tuple(servers)
+
+
+def load_settings(env: Mapping[str, str] | None = None, secrets: Mapping[str, Any] | None = None) -> Settings:
+    """Build settings from the environment, with Streamlit secrets (when given) taking precedence for ICE."""
+    env = os.environ if env is None else env
+    secrets = secrets or {}
+    detector = env.get("EXPR_DETECTOR", "yunet").strip().lower()
+    if detector not in DETECTORS:
+        raise UserError(f"EXPR_DETECTOR={detector!r} is unknown; choose one of {', '.join(DETECTORS)}.")
+    ice_raw = secrets.get("ice_servers") if "ice_servers" in secrets else env.get("EXPR_ICE_SERVERS")
+    return Settings(
+        workspace=Path(env.get("EXPR_HOME", "workspace")),
+        models_dir=Path(env.get("EXPR_MODELS_DIR", "models")),
+        cache_dir=Path(env.get("EXPR_CACHE_DIR", str(Path.home() / ".cache" / "expr-studio"))),
+        allow_downloads=env.get("EXPR_DOWNLOADS", "1") != "0",
+        detector=detector,
+        ice_servers=parse_ice_servers(ice_raw),
+    )

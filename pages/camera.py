@@ -1,0 +1,66 @@
+"""The webcam component as every camera page uses it: explicit ICE servers and a stale-state guard.
+
+Not a page itself (it is not listed in streamlit_app.py's navigation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, MutableMapping
+from typing import Any
+
+import av
+import streamlit as st
+from streamlit_webrtc import WebRtcMode, webrtc_streamer
+
+from pages import common
+
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def keep_context_on_rerun(state: MutableMapping[str, Any], key: str) -> bool:
+    """Stop streamlit-webrtc from resetting a live camera on an ordinary rerun of the same page.
+
+    streamlit-webrtc 0.79 resets its context when the session's script-run counter has moved by more
+    than one since it last rendered, to detect that the user navigated away and back. Streamlit bumps
+    that counter asynchronously when it *sends* the end-of-run message, so quick reruns (the Start
+    click itself triggers some) can read it late and look like a page change: the camera stops right
+    after Start (measured: 7 of 39 first clicks). We know better: ``streamlit_app.py`` records the
+    page of the previous full run, and when it is this same page the context is not stale, so the
+    check is disabled for this run. Returns True when it intervened.
+    """
+    same_page = state.get("previous_page") is not None and state.get("previous_page") == state.get("current_page")
+    context = state.get(key)
+    if same_page and context is not None and hasattr(context, "_last_rendered_run_count"):
+        context._last_rendered_run_count = None
+        return True
+    return False
+
+
+def remote_viewer_warning() -> str | None:
+    """Why a viewer on another machine may see no video: no TURN/STUN servers are configured."""
+    if common.settings().ice_servers:
+        return None
+    host = (st.context.headers.get("Host") or "").rsplit(":", 1)[0]
+    if host in LOCAL_HOSTS or not host:
+        return None
+    return (
+        "No ICE (STUN/TURN) servers are configured, so the video only connects when the browser can reach this "
+        "server directly (same machine or network). For viewers elsewhere, configure a TURN server: see the "
+        "README section 'Hosting'."
+    )
+
+
+def camera(key: str, frame_callback: Callable[[av.VideoFrame], av.VideoFrame]):
+    """Render the webcam streamer; ``frame_callback`` runs on a worker thread for every frame."""
+    warning = remote_viewer_warning()
+    if warning:
+        st.warning(warning, icon=":material/wifi_off:")
+    keep_context_on_rerun(st.session_state, key)
+    return webrtc_streamer(
+        key=key,
+        mode=WebRtcMode.SENDRECV,
+        rtc_configuration={"iceServers": list(common.settings().ice_servers)},
+        media_stream_constraints={"video": {"width": {"ideal": 640}, "height": {"ideal": 480}}, "audio": False},
+        video_frame_callback=frame_callback,
+        async_processing=True,
+    )

@@ -1,0 +1,86 @@
+"""Wiring shared by the pages: settings, cached resources, and turning user errors into messages.
+
+Only the Streamlit process imports this. It must never import TensorFlow (directly or through
+``expr_core``): TensorFlow loaded before streamlit-webrtc crashes the process (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import streamlit as st
+
+from expr_core.capture import SampleWriter
+from expr_core.dataset import DatasetStore
+from expr_core.errors import UserError
+from expr_core.faces import FaceDetector, open_detector
+from expr_core.settings import Settings, load_settings
+
+
+def _secrets() -> dict[str, Any]:
+    """Streamlit secrets as a plain dict; empty when no secrets file exists."""
+    try:
+        return {key: st.secrets[key] for key in st.secrets}
+    except (FileNotFoundError, st.errors.StreamlitSecretNotFoundError):
+        return {}
+
+
+@st.cache_resource
+def _settings_for(env_key: tuple) -> Settings:
+    return load_settings(secrets=_secrets())
+
+
+def settings() -> Settings:
+    """The process's settings (re-read only if the EXPR_* environment changes)."""
+    return _settings_for(tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("EXPR_"))))
+
+
+@st.cache_resource
+def _store_for(workspace: str) -> DatasetStore:
+    return DatasetStore(workspace)
+
+
+def store() -> DatasetStore:
+    """The workspace's dataset store, one per process (it carries the in-process write lock)."""
+    return _store_for(str(settings().workspace))
+
+
+@st.cache_resource(show_spinner="Loading the face detector...")
+def _detector_for(name: str, cfg: Settings) -> tuple[FaceDetector, str | None]:
+    return open_detector(cfg, name)
+
+
+def detector() -> tuple[FaceDetector, str | None]:
+    """The face detector shared by every session, and a warning if it is the fallback."""
+    cfg = settings()
+    return _detector_for(cfg.detector, cfg)
+
+
+def user_name() -> str:
+    """Who is using the app: the login identity when there is one, else the name the user typed."""
+    with contextlib.suppress(Exception):
+        if st.user.is_logged_in:
+            return str(st.user.get("email") or st.user.get("name"))
+    return st.session_state.get("user_name") or "anonymous"
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Show a :class:`UserError` as a red message instead of a traceback; the page keeps working."""
+    try:
+        yield
+    except UserError as exc:
+        st.error(str(exc))
+
+
+@st.cache_resource
+def _writer_for(workspace: str) -> SampleWriter:
+    return SampleWriter(_store_for(workspace))
+
+
+def sample_writer() -> SampleWriter:
+    """The process's background crop writer (one thread serves every session)."""
+    return _writer_for(str(settings().workspace))

@@ -1,0 +1,32 @@
+"""Home: what the app does, the three steps, and where this workspace stands."""
+
+import streamlit as st
+
+from pages import common
+
+st.title("Facial Expression Studio")
+st.write(
+    "Teach a deep network to read your team's facial expressions. Record labelled face crops from your "
+    "webcam, fine-tune DenseNet201 on them, then watch the network read expressions live. Everything runs "
+    "on this server: no images leave it."
+)
+
+store = common.store()
+counts = store.stats()
+total = sum(counts.values())
+
+step1, step2, step3 = st.columns(3)
+with step1, st.container(border=True):
+    st.subheader("1. Capture")
+    st.write("Pick a label (happy, sad, or your own), press **Record**, and make that face for a few seconds.")
+    st.metric("Samples", total, help="face crops in the dataset")
+    st.caption(" · ".join(f"{label}: {n}" for label, n in counts.items()) or "no labels yet")
+    st.page_link("pages/capture.py", label="Open Capture", icon=":material/photo_camera:")
+with step2, st.container(border=True):
+    st.subheader("2. Train")
+    st.write("Fine-tune DenseNet201 in two phases (head first, then the whole network) and read the report.")
+    ready = sum(1 for n in counts.values() if n >= 10) >= 2
+    st.caption("Ready to train." if ready else "Record at least 10 crops for two labels first (30+ each is better).")
+with step3, st.container(border=True):
+    st.subheader("3. Detect")
+    st.write("Point the camera at faces: every face gets its expression and confidence, live.")

@@ -1,0 +1,23 @@
+"""Facial Expression Studio: entry point. Declares the pages and shared sidebar; pages do the rest.
+
+Run with ``streamlit run streamlit_app.py``. This process never imports TensorFlow (see
+docs/architecture.md); training and model conversion run in worker processes.
+"""
+
+import streamlit as st
+
+st.set_page_config(page_title="Facial Expression Studio", page_icon=":material/mood:", layout="wide")
+
+PAGES = [
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/capture.py", title="Capture", icon=":material/photo_camera:"),
+]
+
+page = st.navigation(PAGES)
+with st.sidebar:
+    st.text_input("Your name", key="user_name", help="Saved with the samples you record.")
+# Remember which page the previous full run showed: the camera pages use it to tell a rerun of the
+# same page from a return after navigating away (see pages/camera.py).
+st.session_state["previous_page"] = st.session_state.get("current_page")
+st.session_state["current_page"] = page.url_path
+page.run()

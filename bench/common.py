@@ -1,0 +1,39 @@
+"""Helpers shared by the benchmarks: where the shared data lives, timing summaries, peak memory."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EXPR_SHARED", ROOT.parent / "shared"))
+
+
+def require_shared(sub: str) -> Path:
+    path = SHARED / sub
+    if not path.exists():
+        raise SystemExit(f"benchmark needs {path} (set EXPR_SHARED to the shared folder)")
+    return path
+
+
+def summary_ms(seconds: list[float]) -> dict[str, float]:
+    """min / p50 / p95 / mean of durations, in milliseconds."""
+    ms = np.asarray(seconds) * 1000
+    return {k: round(float(v), 2) for k, v in
+            {"min": ms.min(), "p50": np.percentile(ms, 50), "p95": np.percentile(ms, 95), "mean": ms.mean()}.items()}
+
+
+def machine() -> dict[str, object]:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.processor() or platform.machine(),
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

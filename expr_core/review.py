@@ -1,0 +1,112 @@
+"""The review queue: faces the model was unsure about, kept (only when the user asks) for labelling.
+
+Closing the loop: in live Detect mode the user may tick "keep uncertain faces"; crops whose top
+probability is under a threshold land here (``<workspace>/review/<id>.jpg`` + ``<id>.json``, both
+written atomically, the JSON last so a listed item always has its image). On the Capture page the
+user labels them (they join the dataset with source ``review``) or discards them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import atomic
+from .dataset import DatasetStore, NewSample, new_id
+from .errors import DatasetError
+from .faces import Face, crop_face
+from .live import FaceReading
+
+MAX_ITEMS = 500  # a forgotten checkbox must not fill the disk
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    id: str
+    predicted: str
+    confidence: float
+    probs: dict[str, float]
+    created: float
+    captured_by: str
+
+
+class ReviewQueue:
+    def __init__(self, workspace: Path) -> None:
+        self.root = Path(workspace) / "review"
+
+    def image_path(self, item_id: str) -> Path:
+        return self.root / f"{item_id}.jpg"
+
+    def add(self, crop: np.ndarray, reading: FaceReading, captured_by: str) -> str | None:
+        """Keep one crop; ``None`` when the queue is full."""
+        if len(self.items()) >= MAX_ITEMS:
+            return None
+        item_id = new_id()
+        ok, encoded = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        if not ok:
+            return None
+        atomic.write_bytes(self.image_path(item_id), encoded.tobytes())
+        atomic.write_json(self.root / f"{item_id}.json", {
+            "id": item_id, "predicted": reading.label, "confidence": round(reading.confidence, 4),
+            "probs": reading.probs, "created": time.time(), "captured_by": captured_by})
+        return item_id
+
+    def items(self) -> list[ReviewItem]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for meta in sorted(self.root.glob("*.json")):
+            data = atomic.read_json(meta)
+            if data and self.image_path(data["id"]).exists():
+                found.append(ReviewItem(**data))
+        return found
+
+    def accept(self, ids: list[str], label: str, store: DatasetStore, captured_by: str) -> int:
+        """Move items into the dataset under ``label`` (source ``review``); the dataset write comes first."""
+        items = [i for i in self.items() if i.id in set(ids)]
+        if label not in store.labels():
+            raise DatasetError(f"There is no label {label!r}.")
+        samples = []
+        for item in items:
+            image = cv2.imread(str(self.image_path(item.id)), cv2.IMREAD_COLOR)
+            if image is not None:
+                samples.append(NewSample(image, label, "review", session=f"review-{item.id}",
+                                         score=item.confidence, captured_by=captured_by))
+        store.add_samples(samples)
+        self.discard([i.id for i in items])
+        return len(samples)
+
+    def discard(self, ids: list[str]) -> None:
+        for item_id in ids:
+            for path in (self.root / f"{item_id}.json", self.image_path(item_id)):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+
+class UncertainFaceKeeper:
+    """Pipeline hook: saves faces under ``threshold`` confidence, at most one per face per ``every_s``."""
+
+    def __init__(self, queue: ReviewQueue, threshold: float, margin: float, crop_size: int, captured_by: str,
+                 every_s: float = 1.0) -> None:
+        self.queue, self.threshold, self.every_s = queue, threshold, every_s
+        self.margin, self.crop_size, self.captured_by = margin, crop_size, captured_by
+        self.kept = 0
+        self._last: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, frame: np.ndarray, readings: list[FaceReading]) -> None:
+        now = time.monotonic()
+        for reading in readings:
+            with self._lock:
+                if reading.confidence >= self.threshold or now - self._last.get(reading.track_id, -1e9) < self.every_s:
+                    continue
+                self._last[reading.track_id] = now
+            crop = crop_face(frame, Face(reading.box, reading.confidence), self.margin, self.crop_size)
+            if self.queue.add(crop, reading, self.captured_by):
+                self.kept += 1

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install everything the tests need (Debian's Chromium for the browser tests, the Python packages into
+# ./.venv) and run the whole suite inside a private network namespace, which proves no test touches the
+# network and gives WebRTC the loopback address it needs. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+if ! command -v chromium >/dev/null; then
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -r requirements-dev.txt -c constraints.txt
+exec scripts/in_netns.sh .venv/bin/python -m pytest "$@"

@@ -1,0 +1,57 @@
+"""AppTest of the Home and Capture pages: they render, show the dataset, and manage labels."""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage import data
+
+from expr_core.dataset import DatasetStore, NewSample
+from tests.app.conftest import open_page
+
+
+def _add(workspace, label: str, n: int) -> None:
+    crop = np.ascontiguousarray(data.astronaut()[60:180, 170:290, ::-1])
+    DatasetStore(workspace).add_samples([NewSample(crop, label, "webcam", "s1") for _ in range(n)])
+
+
+def test_home_shows_counts_and_steps(app, workspace):
+    _add(workspace, "happy", 3)
+    app.run()
+    assert not app.exception
+    assert app.title[0].value == "Facial Expression Studio"
+    assert [m.value for m in app.metric] == ["3"]
+    assert any("happy: 3 · sad: 0" in c.value for c in app.caption)
+
+
+def test_capture_page_renders_counts_and_falls_back_to_haar(app, workspace):
+    _add(workspace, "sad", 2)
+    open_page(app, "pages/capture.py")
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics == {"happy": "0", "sad": "2"}
+    # No YuNet file and downloads off: the page says it uses the fallback and why.
+    assert any("Haar fallback" in w.value for w in app.warning)
+
+
+def test_capture_page_adds_and_rejects_labels(app, workspace):
+    open_page(app, "pages/capture.py")
+    new_label = next(t for t in app.text_input if t.label == "New label")
+    new_label.input("surprised")
+    next(b for b in app.button if b.label == "Add label").click()
+    app.run()
+    assert DatasetStore(workspace).labels() == ["happy", "sad", "surprised"]
+
+    new_label = next(t for t in app.text_input if t.label == "New label")
+    new_label.input("../etc")
+    next(b for b in app.button if b.label == "Add label").click()
+    app.run()
+    assert any("not allowed" in e.value for e in app.error)
+    assert DatasetStore(workspace).labels() == ["happy", "sad", "surprised"]
+
+
+def test_record_without_label_is_refused_with_a_message(app, workspace):
+    DatasetStore(workspace).delete_label("happy")
+    DatasetStore(workspace).delete_label("sad")
+    open_page(app, "pages/capture.py")
+    next(b for b in app.button if b.label == "Record").click()
+    app.run()
+    assert any("Pick a label" in e.value for e in app.error)

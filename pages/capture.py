@@ -6,7 +6,7 @@ import av
 import streamlit as st
 
 from expr_core.capture import BurstRequest, Recorder, annotate_capture_frame
-from expr_core.dataset_io import ImportOptions, import_uploads
+from expr_core.dataset_io import ImportOptions, export_bytes, import_uploads
 from pages import common
 from pages.camera import camera
 
@@ -48,15 +48,15 @@ with right:
         countdown = st.number_input("Countdown (s)", 0.0, 10.0, 3.0, step=1.0)
     record_col, snap_col, stop_col = st.columns(3)
     with common.user_errors():
-        if record_col.button("Record", type="primary", icon=":material/fiber_manual_record:", use_container_width=True):
+        if record_col.button("Record", type="primary", icon=":material/fiber_manual_record:", width="stretch"):
             request = BurstRequest(label or "", int(count), float(interval), float(countdown), largest, common.user_name())
             request.validate(labels)
             recorder.start(request)
-        if snap_col.button("Snapshot", icon=":material/photo_camera:", use_container_width=True):
+        if snap_col.button("Snapshot", icon=":material/photo_camera:", width="stretch"):
             request = BurstRequest(label or "", 1, 0.2, 0.0, largest, common.user_name())
             request.validate(labels)
             recorder.start(request)
-    if stop_col.button("Stop", icon=":material/stop:", use_container_width=True):
+    if stop_col.button("Stop", icon=":material/stop:", width="stretch"):
         recorder.stop()
 
     @st.fragment(run_every=0.5)
@@ -90,7 +90,7 @@ with gallery_tab:
     grid = st.columns(8)
     for i, sample in enumerate(samples[:limit]):
         with grid[i % 8]:
-            st.image(str(store.image_path(sample)), use_container_width=True)
+            st.image(str(store.image_path(sample)), width="stretch")
             if st.checkbox("select", key=f"sel-{sample.id}", label_visibility="collapsed"):
                 selected.append(sample.id)
     if len(samples) > limit and st.button("Show more"):
@@ -119,6 +119,8 @@ with upload_tab:
                 st.warning(f"Skipped {name}: {reason}")
 
 with labels_tab:
+    st.download_button("Export the dataset (zip)", data=lambda: export_bytes(store), file_name="expressions-dataset.zip",
+                       mime="application/zip", icon=":material/download:", on_click="ignore")
     add_col, rename_col, delete_col = st.columns(3)
     with add_col, st.form("add_label", clear_on_submit=True):
         new = st.text_input("New label", max_chars=40)

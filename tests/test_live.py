@@ -1,0 +1,69 @@
+"""Tracking and smoothing of per-face probabilities (pure functions on arrays)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from expr_core.faces import Face
+from expr_core.live import FaceTracker, FrameStats, caption, iou
+
+HAPPY, SAD = np.array([0.9, 0.1]), np.array([0.1, 0.9])
+
+
+def test_iou():
+    assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert iou((0, 0, 10, 10), (20, 20, 5, 5)) == 0.0
+    assert abs(iou((0, 0, 10, 10), (5, 0, 10, 10)) - 50 / 150) < 1e-9
+
+
+def _run(tracker: FaceTracker, probs_per_frame, fps: float = 30.0, box=(100, 100, 80, 80)):
+    tracks = []
+    for i, probs in enumerate(probs_per_frame):
+        tracks = tracker.update([Face(box, 0.9)], np.array([probs]), i / fps)
+    return tracks
+
+
+def test_a_changed_expression_wins_within_half_a_second_at_default_smoothing():
+    tracker = FaceTracker()  # default 0.15 s
+    frames_to_switch = None
+    for i in range(60):
+        probs = HAPPY if i < 30 else SAD
+        (track,) = tracker.update([Face((100, 100, 80, 80), 0.9)], np.array([probs]), i / 30)
+        if i >= 30 and frames_to_switch is None and np.argmax(track.probs) == 1:
+            frames_to_switch = i - 30
+    assert frames_to_switch is not None and frames_to_switch / 30 <= 0.5
+
+
+def test_a_single_frame_flicker_does_not_flip_the_label():
+    tracks = _run(FaceTracker(0.15), [HAPPY] * 10 + [SAD] + [HAPPY] * 2)
+    probs_after_flicker = _run(FaceTracker(0.15), [HAPPY] * 10 + [SAD])[0].probs
+    assert np.argmax(probs_after_flicker) == 0 and np.argmax(tracks[0].probs) == 0
+    unsmoothed = _run(FaceTracker(0.0), [HAPPY] * 10 + [SAD])[0].probs
+    assert np.allclose(unsmoothed, SAD)
+
+
+def test_two_faces_keep_their_own_tracks_and_ids():
+    tracker = FaceTracker()
+    left, right = Face((10, 10, 50, 50), 0.9), Face((300, 10, 50, 50), 0.9)
+    first = tracker.update([left, right], np.array([HAPPY, SAD]), 0.0)
+    # next frame: faces reported in the other order and moved a little
+    left2, right2 = Face((14, 12, 50, 50), 0.9), Face((296, 10, 50, 50), 0.9)
+    second = tracker.update([right2, left2], np.array([SAD, HAPPY]), 1 / 30)
+    assert [t.id for t in second] == [first[1].id, first[0].id]
+    assert np.argmax(second[0].probs) == 1 and np.argmax(second[1].probs) == 0
+
+
+def test_a_face_that_leaves_is_forgotten_and_a_new_one_gets_a_new_id():
+    tracker = FaceTracker(forget_after_s=0.5)
+    (a,) = tracker.update([Face((10, 10, 50, 50), 0.9)], np.array([HAPPY]), 0.0)
+    tracker.update([], np.zeros((0, 2)), 1.0)
+    (b,) = tracker.update([Face((10, 10, 50, 50), 0.9)], np.array([SAD]), 1.1)
+    assert b.id != a.id and np.allclose(b.probs, SAD)
+
+
+def test_frame_stats_and_caption():
+    stats = FrameStats()
+    for i in range(31):
+        stats.add(i / 30, 0.010)
+    assert abs(stats.fps - 30) < 1e-6 and abs(stats.latency_ms - 10) < 1e-9
+    assert caption("happy", 0.87) == "happy 87% ####-"

@@ -6,7 +6,10 @@ docs/architecture.md); training and model conversion run in worker processes.
 
 import streamlit as st
 
+from pages.common import require_access
+
 st.set_page_config(page_title="Facial Expression Studio", page_icon=":material/mood:", layout="wide")
+require_access()
 
 PAGES = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),

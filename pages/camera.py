@@ -10,11 +10,44 @@ from typing import Any
 
 import av
 import streamlit as st
-from streamlit_webrtc import WebRtcMode, webrtc_streamer
+from streamlit_webrtc import (
+    WebRtcMode,
+    get_cloudflare_ice_servers,
+    get_hf_ice_servers,
+    get_twilio_ice_servers,
+    webrtc_streamer,
+)
 
 from pages import common
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+# TURN services whose credentials streamlit-webrtc can fetch: provider -> (secret names, fetcher).
+TURN_PROVIDERS: dict[str, tuple[tuple[str, ...], Callable[..., list[dict[str, Any]]]]] = {
+    "cloudflare": (("CLOUDFLARE_TURN_KEY_ID", "CLOUDFLARE_TURN_KEY_API_TOKEN"), get_cloudflare_ice_servers),
+    "twilio": (("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"), get_twilio_ice_servers),
+    "huggingface": (("HF_TOKEN",), get_hf_ice_servers),
+}
+
+
+def ice_servers() -> tuple[list[dict[str, Any]], str | None]:
+    """ICE servers for both ends of the call, and a warning when a configured TURN service failed.
+
+    An explicit list (secrets ``ice_servers`` or ``EXPR_ICE_SERVERS``) wins; otherwise the first TURN
+    service whose credentials are all set (in secrets or the environment) is asked for short-lived
+    credentials. With nothing configured the list is empty: no public server is ever added behind the
+    user's back, and the call works on this machine and its network only.
+    """
+    explicit = common.settings().ice_servers
+    if explicit:
+        return list(explicit), None
+    for provider, (names, fetch) in TURN_PROVIDERS.items():
+        values = [common.secret(name) for name in names]
+        if all(values):
+            try:
+                return list(fetch(*values)), None
+            except ValueError as exc:
+                return [], f"Could not get TURN credentials from {provider} ({exc}); remote viewers may not connect."
+    return [], None
 
 
 def keep_context_on_rerun(state: MutableMapping[str, Any], key: str) -> bool:
@@ -36,9 +69,9 @@ def keep_context_on_rerun(state: MutableMapping[str, Any], key: str) -> bool:
     return False
 
 
-def remote_viewer_warning() -> str | None:
+def remote_viewer_warning(servers: list[dict[str, Any]]) -> str | None:
     """Why a viewer on another machine may see no video: no TURN/STUN servers are configured."""
-    if common.settings().ice_servers:
+    if servers:
         return None
     host = (st.context.headers.get("Host") or "").rsplit(":", 1)[0]
     if host in LOCAL_HOSTS or not host:
@@ -52,14 +85,14 @@ def remote_viewer_warning() -> str | None:
 
 def camera(key: str, frame_callback: Callable[[av.VideoFrame], av.VideoFrame]):
     """Render the webcam streamer; ``frame_callback`` runs on a worker thread for every frame."""
-    warning = remote_viewer_warning()
-    if warning:
+    servers, turn_error = ice_servers()
+    for warning in filter(None, [turn_error, remote_viewer_warning(servers)]):
         st.warning(warning, icon=":material/wifi_off:")
     keep_context_on_rerun(st.session_state, key)
     return webrtc_streamer(
         key=key,
         mode=WebRtcMode.SENDRECV,
-        rtc_configuration={"iceServers": list(common.settings().ice_servers)},
+        rtc_configuration={"iceServers": servers},
         media_stream_constraints={"video": {"width": {"ideal": 640}, "height": {"ideal": 480}}, "audio": False},
         video_frame_callback=frame_callback,
         async_processing=True,

@@ -7,6 +7,7 @@ Only the Streamlit process imports this. It must never import TensorFlow (direct
 from __future__ import annotations
 
 import contextlib
+import hmac
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +27,39 @@ def _secrets() -> dict[str, Any]:
         return {key: st.secrets[key] for key in st.secrets}
     except (FileNotFoundError, st.errors.StreamlitSecretNotFoundError):
         return {}
+
+
+def secret(name: str) -> str | None:
+    """A secret from ``.streamlit/secrets.toml``, else the environment variable of the same name."""
+    value = _secrets().get(name) or os.environ.get(name)
+    return str(value) if value else None
+
+
+def require_access() -> None:
+    """Stop the script unless the visitor may use the app.
+
+    Off by default (a local app needs no login). With an ``[auth]`` section in secrets, visitors log in
+    with ``st.login`` (OIDC) and their e-mail is stored with their samples; with ``team_password`` in
+    secrets (or ``EXPR_TEAM_PASSWORD``), they type the shared password once per browser session.
+    """
+    if "auth" in _secrets():
+        if not st.user.is_logged_in:
+            st.title("Facial Expression Studio")
+            st.button("Log in", type="primary", on_click=st.login)
+            st.stop()
+        return
+    password = secret("team_password") or os.environ.get("EXPR_TEAM_PASSWORD")
+    if not password or st.session_state.get("access_granted"):
+        return
+    st.title("Facial Expression Studio")
+    with st.form("team_login"):
+        entered = st.text_input("Team password", type="password")
+        if st.form_submit_button("Enter", type="primary"):
+            if hmac.compare_digest(entered.encode(), password.encode()):
+                st.session_state.access_granted = True
+                st.rerun()
+            st.error("That is not the team password.")
+    st.stop()
 
 
 @st.cache_resource

@@ -118,3 +118,12 @@ def _writer_for(workspace: str) -> SampleWriter:
 def sample_writer() -> SampleWriter:
     """The process's background crop writer (one thread serves every session)."""
     return _writer_for(str(settings().workspace))
+
+
+def delete_all_data() -> None:
+    """Delete the workspace's dataset and review queue (the user confirmed on the Home page)."""
+    from expr_core.review import ReviewQueue
+
+    queue = ReviewQueue(settings().workspace)
+    queue.discard([item.id for item in queue.items()])
+    store().delete_all()

@@ -30,3 +30,19 @@ with step2, st.container(border=True):
 with step3, st.container(border=True):
     st.subheader("3. Detect")
     st.write("Point the camera at faces: every face gets its expression and confidence, live.")
+
+with st.expander("Privacy and your data"):
+    st.write(
+        f"Camera video is processed in memory on this server and never stored. Stored are: the face crops you "
+        f"record or upload (with label, time and the name in the sidebar), faces you explicitly keep for "
+        f"review, and trained models, all under `{common.settings().workspace}` on this server. Nothing is "
+        "sent anywhere else."
+    )
+    with st.form("delete_everything"):
+        confirm = st.text_input("Type DELETE to remove every sample, label, review item and model of this workspace")
+        if st.form_submit_button("Delete all data", type="primary"):
+            if confirm.strip() == "DELETE":
+                common.delete_all_data()
+                st.success("All data of this workspace was deleted.")
+            else:
+                st.error("Nothing deleted: type DELETE to confirm.")

@@ -55,3 +55,21 @@ def test_record_without_label_is_refused_with_a_message(app, workspace):
     next(b for b in app.button if b.label == "Record").click()
     app.run()
     assert any("Pick a label" in e.value for e in app.error)
+
+
+def test_delete_all_data_needs_the_confirmation_word(app, workspace):
+    _add(workspace, "happy", 2)
+    app.run()
+    form_input = next(t for t in app.text_input if t.label.startswith("Type DELETE"))
+    form_input.input("yes")
+    next(b for b in app.button if b.label == "Delete all data").click()
+    app.run()
+    assert any("Nothing deleted" in e.value for e in app.error)
+    assert DatasetStore(workspace).stats()["happy"] == 2
+
+    form_input = next(t for t in app.text_input if t.label.startswith("Type DELETE"))
+    form_input.input("DELETE")
+    next(b for b in app.button if b.label == "Delete all data").click()
+    app.run()
+    assert DatasetStore(workspace).stats() == {"happy": 0, "sad": 0}
+    assert list((workspace / "dataset" / "images").glob("*.jpg")) == []

@@ -72,7 +72,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 def cmd_dataset_import(args: argparse.Namespace) -> int:
     from .dataset import DatasetStore
-    from .dataset_io import ImportOptions, import_paths
+    from .dataset_io import ImportOptions, import_paths, precheck
 
     if bool(args.label) == bool(args.from_folder):
         raise UserError("Give either --label L with paths, or --from-folder DIR (one subfolder per label).")
@@ -83,6 +83,7 @@ def cmd_dataset_import(args: argparse.Namespace) -> int:
     options = ImportOptions(label=args.label, cropped=args.cropped, largest_only=not args.all_faces,
                             captured_by=args.captured_by)
     paths = [Path(args.from_folder)] if args.from_folder else [Path(p) for p in args.paths]
+    precheck(store, paths, options)  # a typo'd path or label must not first load (or download) a detector
     detector = None if args.cropped else _detector(settings)
     report = import_paths(store, paths, detector, settings, options)
     for name, reason in report.skipped:
@@ -117,11 +118,11 @@ def cmd_dataset_labels(args: argparse.Namespace) -> int:
     from .dataset import DatasetStore
 
     store = DatasetStore(_settings(args).workspace)
-    if args.add:
+    if args.add is not None:  # `--add ""` is a mistake to report, not a no-op
         store.add_label(args.add)
     if args.rename:
         store.rename_label(*args.rename)
-    if args.delete:
+    if args.delete is not None:
         store.delete_label(args.delete, delete_samples=args.with_samples)
     print("\n".join(store.labels()))
     return 0

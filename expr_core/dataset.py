@@ -100,8 +100,9 @@ def validate_label(name: str, existing: Iterable[str] = ()) -> str:
         raise InvalidLabel("A label cannot be empty.")
     if len(label) > MAX_LABEL_LEN:
         raise InvalidLabel(f"A label can have at most {MAX_LABEL_LEN} characters; {label[:20]!r}... has {len(label)}.")
-    allowed = all(ch.isalnum() or ch in " _-" for ch in label)
-    if not allowed or label.startswith(("-", "_")):
+    # Combining marks (category M*) are part of letters in Devanagari, Thai, Arabic, ... but cannot start a label.
+    allowed = all(ch.isalnum() or ch in " _-" or unicodedata.category(ch).startswith("M") for ch in label)
+    if not allowed or not label[0].isalnum():
         raise InvalidLabel(
             f"{label!r} is not allowed: use letters (any alphabet), digits, spaces, '-' and '_', starting with a "
             "letter or digit (no '/', '..' or other path characters)."
@@ -139,6 +140,7 @@ class DatasetStore:
         return list(atomic.read_json(self._labels_file, list(DEFAULT_LABELS)))
 
     def add_label(self, name: str) -> str:
+        validate_label(name, self.labels())  # refuse before _locked() creates any folder; re-checked below
         with self._locked():
             labels = self.labels()
             label = validate_label(name, labels)
@@ -146,6 +148,8 @@ class DatasetStore:
         return label
 
     def rename_label(self, old: str, new: str) -> str:
+        self._require_label(old, self.labels())  # refuse before _locked() creates any folder; re-checked below
+        validate_label(new, [x for x in self.labels() if x != old])
         with self._locked():
             labels = self.labels()
             self._require_label(old, labels)
@@ -157,6 +161,7 @@ class DatasetStore:
 
     def delete_label(self, name: str, delete_samples: bool = False) -> int:
         """Remove a label; its samples too only when asked, so no click loses data by surprise."""
+        self._require_label(name, self.labels())  # refuse before _locked() creates any folder; re-checked below
         with self._locked():
             labels = self.labels()
             self._require_label(name, labels)
@@ -212,8 +217,15 @@ class DatasetStore:
             if not self._labels_file.exists():
                 atomic.write_json(self._labels_file, labels)
             added = [self._write_image(item) for item in items]
-            with open(self._manifest, "a", encoding="utf-8") as handle:
-                handle.write("".join(json.dumps(asdict(s), ensure_ascii=False) + "\n" for s in added))
+            text = "".join(json.dumps(asdict(s), ensure_ascii=False) + "\n" for s in added)
+            with open(self._manifest, "a+b") as handle:
+                if handle.seek(0, os.SEEK_END) > 0:
+                    handle.seek(-1, os.SEEK_END)
+                    if handle.read(1) != b"\n":
+                        # A crash mid-append left a torn last line: start a fresh line, or the first new
+                        # sample would be glued onto the torn one and skipped with it on read.
+                        text = "\n" + text
+                handle.write(text.encode("utf-8"))
                 handle.flush()
                 os.fsync(handle.fileno())
         return added

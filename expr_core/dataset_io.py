@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -47,13 +48,30 @@ class ImportOptions:
     captured_by: str = "anonymous"
 
 
-def _check_all(paths: list[Path]) -> None:
-    """Refuse the whole import if any named path is missing or an archive is unsafe, before any write."""
+def precheck(store: DatasetStore, paths: list[Path], options: ImportOptions) -> None:
+    """The cheap checks, for callers to run before loading (perhaps downloading) a face detector."""
+    _check_paths(paths)
+    _check_label(store, options)
+
+
+def _check_paths(paths: list[Path]) -> None:
     if not paths:
         raise BadInput("Nothing to import: name at least one image, folder or zip file.")
     for path in paths:
         if not path.exists():
             raise BadInput(f"{path}: no such file or folder.")
+
+
+def _check_label(store: DatasetStore, options: ImportOptions) -> None:
+    existing = store.labels()
+    if options.label is not None and options.label not in existing:
+        raise DatasetError(f"There is no label {options.label!r}; create it first (labels: {', '.join(existing)}).")
+
+
+def _check_all(paths: list[Path]) -> None:
+    """Refuse the whole import if any named path is missing or an archive is unsafe, before any write."""
+    _check_paths(paths)
+    for path in paths:
         if path.is_file() and path.suffix.lower() == ".zip":
             list(iter_zip_images(path.read_bytes(), str(path)))  # full check; members are re-read later
 
@@ -70,17 +88,24 @@ def _subjects(folder: Path) -> dict[str, str]:
 def _labels_needed(raws: list[RawImage], store: DatasetStore, options: ImportOptions) -> list[str]:
     existing = store.labels()
     if options.label is not None:
-        if options.label not in existing:
-            raise DatasetError(f"There is no label {options.label!r}; create it first (labels: {', '.join(existing)}).")
+        _check_label(store, options)
         return []
-    folders = sorted({r.folder for r in raws if r.folder} - set(existing))
-    new = []
+    folders = sorted({r.folder for r in raws if r.folder})
+    new: list[str] = []
     for name in folders:
+        if _folder_label(name, [*existing, *new]) is not None:
+            continue
         try:
             new.append(validate_label(name, [*existing, *new]))
         except InvalidLabel:
             continue  # reported per image below
     return new
+
+
+def _folder_label(folder: str, labels: list[str]) -> str | None:
+    """The label a class folder stands for: equal after Unicode normalisation (macOS zips use NFD), any case."""
+    key = unicodedata.normalize("NFC", folder).strip().casefold()
+    return next((label for label in labels if label.casefold() == key), None)
 
 
 def _to_samples(raw: RawImage, label: str, detector: FaceDetector, settings: Settings, options: ImportOptions,
@@ -105,13 +130,13 @@ def import_raw(store: DatasetStore, raws: Iterable[RawImage], detector: FaceDete
     """Crop and add already-read images; labels come from ``options.label`` or each image's folder."""
     raws = list(raws)
     report = ImportReport(session=new_id())
-    for label in _labels_needed(raws, store, options):
-        store.add_label(label)
-    labels = store.labels()
+    # New class-folder labels are created only when their first samples are committed (see _commit), so
+    # a folder whose images all fail leaves the dataset untouched.
+    labels = [*store.labels(), *_labels_needed(raws, store, options)]
     pending: list[NewSample] = []
     for raw in raws:
-        label = options.label or raw.folder
-        if label not in labels:
+        label = options.label or (_folder_label(raw.folder, labels) if raw.folder else None)
+        if label is None:
             report.skipped.append((raw.name, f"folder {raw.folder!r} is not a usable label" if raw.folder else "not inside a label folder"))
             continue
         try:
@@ -131,6 +156,8 @@ def _relative_key(name: str) -> str:
 
 
 def _commit(store: DatasetStore, pending: list[NewSample], report: ImportReport) -> None:
+    for label in sorted({item.label for item in pending} - set(store.labels())):
+        store.add_label(label)
     for sample in store.add_samples(pending):
         report.added[sample.label] = report.added.get(sample.label, 0) + 1
     pending.clear()
@@ -179,4 +206,3 @@ def export_zip(store: DatasetStore, out: Path) -> int:
             writer.writerow([arc, s.label, s.source, s.session, s.created, s.score, s.captured_by, s.subject, s.origin])
         zf.writestr("manifest.csv", table.getvalue())
     return len(samples)
-

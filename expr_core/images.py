@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import BadInput
 
@@ -49,12 +49,17 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
                     "scale it down first."
                 )
             img.load()
-            rgb = np.asarray(img.convert("RGB"))
+            # Phone photos store "rotate me" in EXIF; without this a portrait selfie is decoded sideways.
+            rgb = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
     except BadInput:
         raise
+    except Image.DecompressionBombError as exc:  # Pillow refuses far larger images itself, in Image.open
+        raise BadInput(
+            f"{name}: larger than the {MAX_PIXELS // 1_000_000} megapixel limit ({exc}); scale it down first."
+        ) from exc
     except UnidentifiedImageError as exc:
         raise BadInput(f"{name}: not an image file this app can read (JPEG, PNG, BMP, WebP, TIFF, GIF).") from exc
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
         raise BadInput(f"{name}: the image is truncated or corrupt ({exc}).") from exc
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
@@ -65,7 +70,7 @@ def is_image_name(name: str) -> bool:
 
 def _check_member(info: zipfile.ZipInfo, archive: str) -> None:
     path = PurePosixPath(info.filename)
-    if info.filename.startswith(("/", "\\")) or ".." in path.parts or ":" in path.parts[0]:
+    if not path.parts or info.filename.startswith(("/", "\\")) or ".." in path.parts or ":" in path.parts[0]:
         raise BadInput(f"{archive}: member {info.filename!r} points outside the archive; refusing the whole archive.")
     if stat.S_ISLNK(info.external_attr >> 16):
         raise BadInput(f"{archive}: member {info.filename!r} is a link; refusing the whole archive.")
@@ -113,10 +118,15 @@ def read_file(path: Path) -> bytes:
         raise BadInput(f"{path}: no such file or folder.")
     if path.is_symlink() and not path.resolve().exists():
         raise BadInput(f"{path}: a broken link.")
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES and path.suffix.lower() != ".zip":
-        raise BadInput(f"{path}: {size:,} bytes is over the {MAX_FILE_BYTES:,}-byte limit for one image.")
-    return path.read_bytes()
+    if path.is_dir():
+        raise BadInput(f"{path}: a folder, not an image file.")
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES and path.suffix.lower() != ".zip":
+            raise BadInput(f"{path}: {size:,} bytes is over the {MAX_FILE_BYTES:,}-byte limit for one image.")
+        return path.read_bytes()
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot be read ({exc.strerror or exc}).") from exc
 
 
 def iter_path_images(path: Path) -> Iterator[RawImage]:

@@ -1,0 +1,174 @@
+"""Decoding untrusted images and reading files, folders and zip archives safely."""
+
+from __future__ import annotations
+
+import io
+import stat
+import zipfile
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from expr_core import images
+from expr_core.errors import BadInput
+from expr_core.images import decode_image, iter_path_images, iter_zip_images, open_zip, read_file
+
+
+# -- decode_image -----------------------------------------------------------------------------------
+def test_decodes_jpeg_and_png_to_bgr(astronaut_bgr, astronaut_jpeg):
+    from_jpeg = decode_image(astronaut_jpeg, "a.jpg")
+    assert from_jpeg.shape == (512, 512, 3) and from_jpeg.dtype == np.uint8
+    assert np.abs(from_jpeg.astype(int) - astronaut_bgr).mean() < 3  # BGR order kept, not swapped to RGB
+    ok, png = cv2.imencode(".png", astronaut_bgr)
+    assert np.array_equal(decode_image(png.tobytes(), "a.png"), astronaut_bgr)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "1"])
+def test_other_pixel_formats_become_bgr(mode):
+    buf = io.BytesIO()
+    Image.new(mode, (20, 10)).save(buf, "PNG")
+    assert decode_image(buf.getvalue(), "x.png").shape == (10, 20, 3)
+
+
+def test_exif_orientation_is_applied(astronaut_bgr):
+    """A phone photo stored sideways with 'rotate 90' in EXIF is decoded upright."""
+    sideways = Image.fromarray(cv2.cvtColor(cv2.rotate(astronaut_bgr, cv2.ROTATE_90_COUNTERCLOCKWISE),
+                                            cv2.COLOR_BGR2RGB))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    buf = io.BytesIO()
+    sideways.save(buf, "JPEG", quality=95, exif=exif)
+    upright = decode_image(buf.getvalue(), "phone.jpg")
+    assert np.abs(upright.astype(int) - astronaut_bgr).mean() < 4
+
+
+def test_empty_file():
+    with pytest.raises(BadInput, match=r"^empty\.jpg: the file is empty \(0 bytes\)"):
+        decode_image(b"", "empty.jpg")
+
+
+def test_text_renamed_to_jpg():
+    with pytest.raises(BadInput, match="notes.jpg: not an image file"):
+        decode_image(b"Dear diary, today I renamed a text file.\n" * 10, "notes.jpg")
+
+
+def test_truncated_jpeg(astronaut_jpeg):
+    with pytest.raises(BadInput, match="cut.jpg: the image is truncated or corrupt"):
+        decode_image(astronaut_jpeg[: len(astronaut_jpeg) // 2], "cut.jpg")
+
+
+def test_corrupt_png_checksum(astronaut_bgr):
+    png = bytearray(cv2.imencode(".png", astronaut_bgr)[1].tobytes())
+    png[len(png) // 2] ^= 0xFF
+    with pytest.raises(BadInput, match="bad.png: the image is truncated or corrupt"):
+        decode_image(bytes(png), "bad.png")
+
+
+@pytest.mark.parametrize("width,height", [(20_000, 20_000), (8_000, 6_000)])
+def test_huge_image_is_refused_before_decoding(png_with_size, width, height):
+    data = png_with_size(width, height)
+    assert len(data) < 200_000  # cheap to store, enormous to decode
+    with pytest.raises(BadInput) as info:
+        decode_image(data, "huge.png")
+    message = str(info.value)
+    assert message.startswith("huge.png:") and "40 megapixel limit" in message and "scale it down" in message
+    assert "truncated" not in message
+
+
+def test_image_just_under_the_limit_is_fine(png_with_size):
+    assert decode_image(png_with_size(64, 32), "ok.png").shape == (32, 64, 3)
+
+
+# -- zip archives -----------------------------------------------------------------------------------
+def test_zip_images_with_folders(astronaut_jpeg, zip_bytes):
+    data = zip_bytes({"happy/a.jpg": astronaut_jpeg, "top/sad/b.PNG": b"png?", "readme.txt": b"hi",
+                      "happy/.hidden.jpg": b"x", "happy/": b""})
+    found = {(r.name, r.folder) for r in iter_zip_images(data, "set.zip")}
+    assert found == {("set.zip/happy/a.jpg", "happy"), ("set.zip/top/sad/b.PNG", "sad")}
+
+
+def test_zip_root_images_have_no_folder(astronaut_jpeg, zip_bytes):
+    [raw] = iter_zip_images(zip_bytes({"a.jpg": astronaut_jpeg}), "x.zip")
+    assert raw.folder is None and raw.data == astronaut_jpeg
+
+
+@pytest.mark.parametrize("member", ["../evil.jpg", "happy/../../evil.jpg", "/etc/evil.jpg", "\\evil.jpg",
+                                    "C:/evil.jpg", ""])
+def test_zip_escaping_members_refuse_the_whole_archive(astronaut_jpeg, zip_bytes, member):
+    data = zip_bytes({"happy/ok.jpg": astronaut_jpeg, member: astronaut_jpeg})
+    with pytest.raises(BadInput, match="points outside the archive; refusing the whole archive"):
+        open_zip(data, "evil.zip")
+
+
+def test_zip_symlink_member_is_refused(astronaut_jpeg):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("happy/ok.jpg", astronaut_jpeg)
+        link = zipfile.ZipInfo("happy/link.jpg")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(link, "/etc/passwd")
+    with pytest.raises(BadInput, match="'happy/link.jpg' is a link"):
+        list(iter_zip_images(buf.getvalue(), "links.zip"))
+
+
+def test_zip_bomb_is_refused(zip_bytes):
+    data = zip_bytes({"bomb.jpg": b"\x00" * (20 * 1024 * 1024)}, zipfile.ZIP_DEFLATED)
+    assert len(data) < 100_000
+    with pytest.raises(BadInput, match="'bomb.jpg' expands [0-9]+x; this looks like a zip bomb"):
+        open_zip(data, "bomb.zip")
+
+
+def test_zip_member_over_the_size_limit(monkeypatch, zip_bytes):
+    monkeypatch.setattr(images, "MAX_FILE_BYTES", 1000)
+    with pytest.raises(BadInput, match="over the per-file limit"):
+        open_zip(zip_bytes({"big.jpg": bytes(range(256)) * 8}), "big.zip")
+
+
+def test_zip_too_many_members_and_too_large_in_total(monkeypatch, zip_bytes):
+    monkeypatch.setattr(images, "MAX_ZIP_MEMBERS", 3)
+    with pytest.raises(BadInput, match="more than the 3 allowed"):
+        open_zip(zip_bytes({f"{i}.jpg": b"x" for i in range(4)}), "many.zip")
+    monkeypatch.setattr(images, "MAX_ZIP_MEMBERS", 50_000)
+    monkeypatch.setattr(images, "MAX_ZIP_TOTAL_BYTES", 1500)
+    with pytest.raises(BadInput, match="would expand to 2,000 bytes"):
+        open_zip(zip_bytes({"a.jpg": b"x" * 1000, "b.jpg": b"y" * 1000}), "total.zip")
+
+
+@pytest.mark.parametrize("data", [b"PK\x03\x04 not really", b"", b"\x00" * 100])
+def test_not_a_zip(data):
+    with pytest.raises(BadInput, match="bad.zip: not a readable zip archive"):
+        open_zip(data, "bad.zip")
+
+
+# -- files and folders ------------------------------------------------------------------------------
+def test_read_file_missing_folder_and_broken_link(tmp_path):
+    with pytest.raises(BadInput, match="no such file or folder"):
+        read_file(tmp_path / "missing.jpg")
+    with pytest.raises(BadInput, match="a folder, not an image file"):
+        read_file(tmp_path)
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "gone.jpg")
+    with pytest.raises(BadInput, match="no such file|broken link"):
+        read_file(tmp_path / "link.jpg")
+
+
+def test_read_file_size_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(images, "MAX_FILE_BYTES", 10)
+    (tmp_path / "big.jpg").write_bytes(b"x" * 11)
+    with pytest.raises(BadInput, match="11 bytes is over the 10-byte limit"):
+        read_file(tmp_path / "big.jpg")
+
+
+def test_folder_images_take_labels_from_their_parent_folder(tmp_path, astronaut_jpeg):
+    for rel in ["happy/a.jpg", "sad/deeper/b.jpg", "root.png", "happy/notes.txt", ".git/x.jpg", "sad/.x.jpg"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(astronaut_jpeg)
+    found = sorted((str(r.name).removeprefix(str(tmp_path) + "/"), r.folder) for r in iter_path_images(tmp_path))
+    assert found == [("happy/a.jpg", "happy"), ("root.png", None), ("sad/deeper/b.jpg", "deeper")]
+
+
+def test_zip_disguised_as_jpg_is_read_as_zip(tmp_path, astronaut_jpeg, zip_bytes):
+    (tmp_path / "photos.jpg").write_bytes(zip_bytes({"happy/a.jpg": astronaut_jpeg}))
+    [raw] = iter_path_images(tmp_path / "photos.jpg")
+    assert raw.folder == "happy" and raw.data == astronaut_jpeg

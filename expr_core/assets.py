@@ -101,16 +101,23 @@ def _download(asset: Asset, target: Path) -> None:
 
 def locate(asset: Asset, settings: Settings) -> Path:
     """Return a verified local path for ``asset``, downloading it into the cache if allowed."""
-    for folder in (settings.models_dir, settings.cache_dir):
-        candidate = Path(folder) / asset.filename
-        if candidate.is_file():
-            _verify(asset, candidate)
-            return candidate
+    local = Path(settings.models_dir) / asset.filename
+    if local.is_file():
+        _verify(asset, local)  # the user's own file: refuse it with a message, never replace it
+        return local
+    target = Path(settings.cache_dir) / asset.filename
+    if target.is_file():
+        try:
+            _verify(asset, target)
+            return target
+        except ModelFileError:
+            if not settings.allow_downloads:
+                raise
+            target.unlink()  # our own cache copy is corrupt: fetch it again
     if not settings.allow_downloads:
         raise ModelFileError(
             f"The {asset.description} was not found: put {asset.filename} in {settings.models_dir} "
             f"(EXPR_MODELS_DIR) or allow downloads (EXPR_DOWNLOADS=1) to fetch it from {asset.url}."
         )
-    target = Path(settings.cache_dir) / asset.filename
     _download(asset, target)
     return target

@@ -90,7 +90,7 @@ def cmd_dataset_import(args: argparse.Namespace) -> int:
         print(f"skipped {name}: {reason}", file=sys.stderr)
     summary = {"added": report.added, "skipped": len(report.skipped), "session": report.session}
     print(json.dumps(summary) if args.json else f"added {report.total_added} sample(s): {report.added}")
-    return 0 if report.total_added else EXIT_PARTIAL
+    return EXIT_PARTIAL if report.skipped or not report.total_added else 0
 
 
 def cmd_dataset_export(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import tempfile
 import unicodedata
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -199,10 +200,23 @@ def export_zip(store: DatasetStore, out: Path) -> int:
     table = io.StringIO()
     writer = csv.writer(table)
     writer.writerow(["path", "label", "source", "session", "created", "score", "captured_by", "subject", "origin"])
+    written = 0
     with atomic.atomic_writer(Path(out)) as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as zf:
         for s in samples:
             arc = f"{s.label}/{s.id}.jpg"
-            zf.write(store.image_path(s), arc)
+            try:
+                zf.write(store.image_path(s), arc)
+            except FileNotFoundError:
+                continue  # deleted by someone else while we were exporting
+            written += 1
             writer.writerow([arc, s.label, s.source, s.session, s.created, s.score, s.captured_by, s.subject, s.origin])
         zf.writestr("manifest.csv", table.getvalue())
-    return len(samples)
+    return written
+
+
+def export_bytes(store: DatasetStore) -> bytes:
+    """The export zip as bytes, for a browser download (built in a temporary file, then read)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "dataset.zip"
+        export_zip(store, out)
+        return out.read_bytes()

@@ -73,6 +73,8 @@ class YuNetDetector:
             _, rows = self._net.detect(np.ascontiguousarray(small))
         faces = []
         for row in [] if rows is None else rows:
+            if not np.isfinite(row[:15]).all():
+                continue  # YuNet can emit garbage rows on degenerate (e.g. 1-pixel) inputs
             box = _clip_box(*(row[:4] / scale), width, height)
             if box is not None:
                 marks = tuple((float(row[4 + 2 * i] / scale), float(row[5 + 2 * i] / scale)) for i in range(5))

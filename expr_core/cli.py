@@ -46,6 +46,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     detector = _detector(settings)
+    classifier = _open_classifier(args.model, args.labels) if args.model else None
     results, failed = [], 0
     for name in args.images:
         entry: dict = {"image": name, "faces": [], "error": None}
@@ -55,6 +56,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
             faces: list[Face] = detector.detect(image)
             entry["detect_ms"] = round((time.perf_counter() - start) * 1000, 2)
             entry["faces"] = [{"box": list(f.box), "score": round(f.score, 4)} for f in faces]
+            if classifier is not None:
+                _classify_faces(classifier, image, faces, entry["faces"], settings)
         except UserError as exc:
             entry["error"] = str(exc)
             failed += 1
@@ -68,6 +71,16 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if timed:
         print(f"{detector.name}: {len(timed)} image(s), {sum(timed) / len(timed):.1f} ms per image", file=sys.stderr)
     return EXIT_PARTIAL if failed else 0
+
+
+def _classify_faces(classifier, image, faces, entries: list[dict], settings: Settings) -> None:
+    """Add ``label`` and ``probs`` to each face entry: all crops of the image in one batch."""
+    from .faces import crop_face
+
+    crops = [crop_face(image, f, settings.crop_margin, classifier.input_size) for f in faces]
+    for entry, probs in zip(entries, classifier.predict(crops)):
+        entry["label"] = classifier.labels[int(probs.argmax())]
+        entry["probs"] = {label: round(float(p), 4) for label, p in zip(classifier.labels, probs)}
 
 
 def cmd_dataset_import(args: argparse.Namespace) -> int:
@@ -128,6 +141,189 @@ def cmd_dataset_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_progress(event: dict) -> None:
+    """One stderr line per training phase, epoch, warning and outcome (batches would flood a terminal)."""
+    kind, stamp = event["type"], f"[{event['elapsed']:7.1f}s]"
+    if kind == "phase":
+        print(f"{stamp} {event['title']}", file=sys.stderr)
+    elif kind == "epoch":
+        metrics = " ".join(f"{k} {v:.4f}" for k, v in event.items() if "loss" in k or "accuracy" in k)
+        print(f"{stamp} {event['phase']} epoch {event['epoch']}/{event['epochs']}: {metrics}", file=sys.stderr)
+    elif kind in ("warning", "info"):
+        print(f"{stamp} {kind}: {event['message']}", file=sys.stderr)
+    elif kind == "end":
+        print(f"{stamp} {event['state']}" + (f": {event['error']}" if event.get("error") else ""), file=sys.stderr)
+
+
+def _train_config(args: argparse.Namespace):
+    from .train_config import TrainConfig
+
+    return TrainConfig(
+        backbone=args.backbone, weights=args.weights, image_size=args.image_size, batch_size=args.batch_size,
+        epochs_1=args.epochs_1, epochs_2=args.epochs_2, lr_1=args.lr_1, lr_2=args.lr_2,
+        feature_copies=args.feature_copies, seed=args.seed, quantize=not args.no_quantize,
+    ).validated()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train in the foreground (or, with --run-id, as the worker of a run started by the app)."""
+    from . import jobs
+
+    settings = _settings(args)
+    if args.run_id:
+        lock_fd, run_id = args.lock_fd, args.run_id
+    else:
+        config = _train_config(args)
+        lock_fd = jobs.acquire_lock(settings.workspace)
+        run_id, _ = jobs.create_run(settings.workspace, config.to_dict())
+    from .train import run_worker  # TensorFlow loads here, after the arguments were checked
+
+    result = run_worker(settings, run_id, lock_fd, echo=_print_progress)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif result["state"] == "done":
+        print(f"{run_id}: val accuracy {result['val_accuracy']}, model {result['model_path']}")
+    return {"done": 0, "cancelled": EXIT_PARTIAL}.get(result["state"], EXIT_BAD_INPUT)
+
+
+def _open_classifier(path: str, labels: str | None):
+    """A Classifier for a run folder, a .tflite file or a .keras file (converted on the fly if needed)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from .serving import Classifier
+
+    model = Path(path)
+    names = [x.strip() for x in labels.split(",")] if labels else None
+    if model.suffix == ".keras" and not (model.with_suffix(".tflite").is_file() and not names):
+        from . import atomic
+        from .convert import export_tflite, load_checked
+
+        names = names or atomic.read_json(model.parent / "labels.json")
+        if not names:
+            raise UserError(f"{model}: no labels.json beside it; give the labels with --labels a,b,c.")
+        folder = tempfile.mkdtemp(prefix="expr-model-")
+        atexit.register(shutil.rmtree, folder, True)
+        print(f"converting {model.name} for serving...", file=sys.stderr)
+        export_tflite(load_checked(model, len(names)), Path(folder), quantize=False)
+        return Classifier(Path(folder) / "model.tflite", names)
+    if model.suffix == ".keras":
+        model = model.with_suffix(".tflite")
+    return Classifier(model, names) if names and model.suffix == ".tflite" else Classifier.from_path(model)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_folder
+
+    settings = _settings(args)
+    classifier = _open_classifier(args.model, args.labels)
+    detector = None if args.cropped else _detector(settings)
+    report = evaluate_folder(classifier, Path(args.data), settings, detector)
+    for item in report["skipped"]:
+        print(f"skipped {item['file']}: {item['reason']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"accuracy {report['accuracy']}, balanced accuracy {report['balanced_accuracy']} on {report['n']} images")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .registry import Registry
+
+    registry = Registry(_settings(args).workspace)
+    action = getattr(args, "action", None)
+    if action == "activate":
+        registry.activate(args.run_id)
+    elif action == "delete":
+        registry.delete(args.run_id, force=args.force)
+    elif action == "cancel":
+        from .jobs import cancel
+
+        if not cancel(registry.workspace, args.run_id):
+            raise UserError(f"Run {args.run_id} is not running.")
+    elif action == "import":
+        from .convert import import_model
+
+        run_id = import_model(registry.workspace, Path(args.path), _label_list(args.labels), quantize=args.quantize)
+        print(json.dumps({"run_id": run_id}) if args.json else run_id)
+        return 0
+    runs = [r.to_dict() for r in registry.runs()]
+    if args.json:
+        print(json.dumps(runs, indent=2))
+    else:
+        for r in runs:
+            print(f"{'*' if r['active'] else ' '} {r['run_id']}  {r['state']:<9}  val_accuracy {r['val_accuracy']}")
+    return 0
+
+
+def _label_list(text: str) -> list[str]:
+    """Labels given as a JSON list (what the app passes) or comma-separated (what people type)."""
+    if text.lstrip().startswith("["):
+        return list(json.loads(text))
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _models_parser(sub) -> None:
+    models = sub.add_parser("models", help="list, activate, delete, import trained models")
+    models.add_argument("--workspace", help="workspace folder (default: EXPR_HOME or ./workspace)")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=cmd_models)
+    actions = models.add_subparsers(dest="action")
+    for name, help_text in (("activate", "make a run's model the active one"), ("delete", "delete a run"),
+                            ("cancel", "ask a running training to stop")):
+        action = actions.add_parser(name, help=help_text)
+        action.add_argument("run_id")
+        if name == "delete":
+            action.add_argument("--force", action="store_true", help="delete even the active model")
+        _leaf_options(action)
+    imp = actions.add_parser("import", help="import a .keras model (checked and converted to TFLite)")
+    imp.add_argument("path")
+    imp.add_argument("--labels", required=True, help="output labels in order: a,b,c or a JSON list")
+    imp.add_argument("--quantize", action="store_true", help="also write a dynamic-range quantised TFLite file")
+    _leaf_options(imp)
+
+
+def _leaf_options(parser: argparse.ArgumentParser) -> None:
+    """--workspace/--json on a nested action without overwriting values given before the action name."""
+    parser.add_argument("--workspace", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def _train_parser(sub) -> None:
+    from .train_config import BACKBONES, TrainConfig
+
+    defaults = TrainConfig()
+    train = sub.add_parser("train", help="train a model on the workspace's dataset")
+    train.add_argument("--backbone", choices=BACKBONES, default=defaults.backbone)
+    train.add_argument("--weights", default=defaults.weights, help="imagenet, none, or a weights file path")
+    train.add_argument("--image-size", type=int, default=defaults.image_size)
+    train.add_argument("--epochs-1", type=int, default=defaults.epochs_1, help="phase 1 (head) epochs; 0 skips it")
+    train.add_argument("--epochs-2", type=int, default=defaults.epochs_2, help="phase 2 (fine-tune) epochs; 0 skips it")
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--lr-1", type=float, default=defaults.lr_1)
+    train.add_argument("--lr-2", type=float, default=defaults.lr_2)
+    train.add_argument("--feature-copies", type=int, default=defaults.feature_copies,
+                       help="augmented copies per image whose features phase 1 caches")
+    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--no-quantize", action="store_true", help="skip the dynamic-range quantised TFLite file")
+    train.add_argument("--json", action="store_true")
+    train.add_argument("--run-id", help=argparse.SUPPRESS)  # set when the app launches the worker
+    train.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)
+    _common(train)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="measure a model on a folder with one subfolder per label")
+    evaluate.add_argument("--model", required=True, help="run folder, .tflite or .keras file")
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--cropped", action="store_true", help="images are face crops already: do not detect")
+    evaluate.add_argument("--labels", help="labels a,b,c for a model without labels.json beside it")
+    evaluate.add_argument("--json", action="store_true")
+    _common(evaluate, workspace=False)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+
 def _common(parser: argparse.ArgumentParser, workspace: bool = True) -> None:
     if workspace:
         parser.add_argument("--workspace", help="workspace folder (default: EXPR_HOME or ./workspace)")
@@ -142,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect = sub.add_parser("detect", help="find faces in images")
     detect.add_argument("images", nargs="+")
     detect.add_argument("--json", action="store_true")
+    detect.add_argument("--model", help="classify each face: run folder, .tflite or .keras file")
+    detect.add_argument("--labels", help="labels a,b,c for a model without labels.json beside it")
     _common(detect, workspace=False)
     detect.set_defaults(func=cmd_detect)
 
@@ -174,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     labels.add_argument("--with-samples", action="store_true", help="with --delete: delete the label's samples too")
     _common(labels)
     labels.set_defaults(func=cmd_dataset_labels)
+
+    _train_parser(sub)
+    _models_parser(sub)
     return parser
 
 

@@ -1,0 +1,205 @@
+"""Every run's published model, and which one is active.
+
+A run (see :mod:`expr_core.jobs` for the folder) that finished has ``model/`` holding:
+
+``model.keras``            the trained Keras model (preprocessing inside, no optimizer state)
+``model.tflite``           the float32 LiteRT file the app serves
+``model.dynamic.tflite``   a dynamic-range quantised variant (smaller, faster; optional)
+``labels.json``            output labels in order
+``metrics.json``           validation report (see :func:`expr_core.evaluate.classification_report`) plus
+                           ``misclassified`` ``[{"id", "label", "predicted", "confidence"}]`` and
+                           ``quantized_accuracy`` when the quantised variant exists
+``history.json``           per-phase epoch metrics ``{"head": {"loss": [...], ...}, "finetune": {...}}``
+``dataset.json``           snapshot summary: labels, counts per label and side, train/val sample ids
+``config.json``            the training config (or, for imports, where the model came from)
+
+Publishing is atomic: the worker fills ``.tmp-model/``, renames it to ``model/`` and only then writes
+status ``done``. A run is listed as usable only when its status is ``done``, so a model killed halfway
+can never become active. ``<workspace>/active.json`` names the active run and is replaced atomically.
+
+This module never imports TensorFlow (the Streamlit server uses it); importing a ``.keras`` file is
+done by a short-lived ``python -m expr_core models import`` process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import atomic, jobs
+from .errors import UserError
+
+MODEL_DIR, STAGING_DIR = "model", atomic.TMP_PREFIX + "model"
+KERAS_FILE, TFLITE_FILE, TFLITE_DYNAMIC_FILE = "model.keras", "model.tflite", "model.dynamic.tflite"
+LABELS_FILE, METRICS_FILE, HISTORY_FILE, DATASET_FILE = "labels.json", "metrics.json", "history.json", "dataset.json"
+ACTIVE_FILE = "active.json"
+IMPORT_TIMEOUT_S = 600
+
+
+class RegistryError(UserError):
+    """A registry request that cannot be honoured."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run as the Models page lists it."""
+
+    run_id: str
+    state: str
+    kind: str  # "train" or "import"
+    active: bool
+    created: float | None
+    finished: float | None
+    labels: list[str]
+    val_accuracy: float | None
+    backbone: str | None
+    image_size: int | None
+    error: str | None
+    path: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "path": str(self.path)}
+
+
+class Registry:
+    """The runs of one workspace. Cheap to create; holds no state beyond the workspace path."""
+
+    def __init__(self, workspace: Path) -> None:
+        self.workspace = Path(workspace)
+
+    # -- reading ------------------------------------------------------------------------------
+    def runs(self) -> list[RunInfo]:
+        """All runs, newest first, with dead workers' runs reported as failed."""
+        active = self.active_id()
+        return [self._info(run_id, active) for run_id in jobs.run_ids(self.workspace)]
+
+    def get(self, run_id: str) -> RunInfo:
+        return self._info(run_id, self.active_id())
+
+    def _info(self, run_id: str, active: str | None) -> RunInfo:
+        status = jobs.job_status(self.workspace, run_id)
+        folder = jobs.run_dir(self.workspace, run_id)
+        config = atomic.read_json(folder / jobs.CONFIG_FILE, {}) or {}
+        return RunInfo(
+            run_id=run_id, state=status.get("state", "queued"), kind=status.get("kind", "train"),
+            active=run_id == active, created=status.get("created"), finished=status.get("finished"),
+            labels=self.labels(run_id) if status.get("state") == "done" else [],
+            val_accuracy=status.get("val_accuracy"), backbone=config.get("backbone"),
+            image_size=config.get("image_size"), error=status.get("error"), path=folder,
+        )
+
+    def model_dir(self, run_id: str) -> Path:
+        return jobs.run_dir(self.workspace, run_id) / MODEL_DIR
+
+    def _published(self, run_id: str) -> Path:
+        """The model folder of a finished run, or :class:`RegistryError` saying why there is none."""
+        state = jobs.job_status(self.workspace, run_id).get("state")
+        if state != "done":
+            raise RegistryError(f"Run {run_id} has no model: it is {state}.")
+        return self.model_dir(run_id)
+
+    def labels(self, run_id: str) -> list[str]:
+        return atomic.read_json(self.model_dir(run_id) / LABELS_FILE, []) or []
+
+    def _read(self, run_id: str, name: str) -> dict[str, Any]:
+        return atomic.read_json(self._published(run_id) / name, {}) or {}
+
+    def metrics(self, run_id: str) -> dict[str, Any]:
+        return self._read(run_id, METRICS_FILE)
+
+    def history(self, run_id: str) -> dict[str, Any]:
+        return self._read(run_id, HISTORY_FILE)
+
+    def dataset_summary(self, run_id: str) -> dict[str, Any]:
+        return self._read(run_id, DATASET_FILE)
+
+    def files(self, run_id: str) -> dict[str, Path]:
+        """Downloadable files of a finished run: ``keras``, ``tflite`` and, if made, ``tflite_dynamic``."""
+        folder = self._published(run_id)
+        names = {"keras": KERAS_FILE, "tflite": TFLITE_FILE, "tflite_dynamic": TFLITE_DYNAMIC_FILE}
+        return {key: folder / name for key, name in names.items() if (folder / name).is_file()}
+
+    # -- the active model ---------------------------------------------------------------------
+    def active_id(self) -> str | None:
+        """The active run, if it still exists and is done."""
+        run_id = (atomic.read_json(self.workspace / ACTIVE_FILE, {}) or {}).get("run_id")
+        if not run_id or not (self.model_dir(run_id) / TFLITE_FILE).is_file():
+            return None
+        return run_id
+
+    def activate(self, run_id: str) -> None:
+        """Make a finished run the one the app serves (atomic: readers see the old or the new one)."""
+        self._published(run_id)
+        atomic.write_json(self.workspace / ACTIVE_FILE, {"run_id": run_id, "activated": time.time()})
+
+    # -- changing -----------------------------------------------------------------------------
+    def delete(self, run_id: str, force: bool = False) -> None:
+        """Remove a run and its files. Refuses a running run, and the active one unless ``force``."""
+        status = jobs.job_status(self.workspace, run_id)
+        if status.get("state") in jobs.ACTIVE_STATES:
+            raise RegistryError(f"Run {run_id} is still {status['state']}; cancel it first.")
+        if run_id == self.active_id():
+            if not force:
+                raise RegistryError(f"Run {run_id} is the active model; activate another one first (or force).")
+            os.unlink(self.workspace / ACTIVE_FILE)
+        folder = jobs.run_dir(self.workspace, run_id)
+        doomed = folder.with_name(f"{atomic.TMP_PREFIX}deleted-{run_id}")
+        os.rename(folder, doomed)  # the run vanishes from listings in one step
+        shutil.rmtree(doomed)
+
+    def publish(self, run_id: str, writer: jobs.JobWriter, **final_status: Any) -> None:
+        """Make a staged model the run's model, then (last) mark the run done.
+
+        The rename is atomic; until status says ``done`` the model is not listed as usable, so a
+        crash at any point leaves either no model or a complete one.
+        """
+        staged, target = self._staging_path(run_id), self.model_dir(run_id)
+        for name in (KERAS_FILE, TFLITE_FILE, LABELS_FILE):
+            if not (staged / name).is_file():
+                raise RegistryError(f"Cannot publish run {run_id}: {name} is missing.")
+        os.rename(staged, target)
+        _fsync_dir(target.parent)
+        writer.status(state="done", finished=time.time(), **final_status)
+        if self.active_id() is None:
+            self.activate(run_id)
+
+    def _staging_path(self, run_id: str) -> Path:
+        return jobs.run_dir(self.workspace, run_id) / STAGING_DIR
+
+    def staging_dir(self, run_id: str) -> Path:
+        """A fresh, empty folder where the worker writes a model before :meth:`publish`."""
+        folder = self._staging_path(run_id)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        return folder
+
+    def import_keras(self, path: Path, labels: list[str]) -> str:
+        """Import a ``.keras`` model as a new finished run (checked, converted to TFLite); returns its run id.
+
+        Runs in a separate process because it needs TensorFlow; takes as long as a TFLite conversion
+        (seconds for small models, about a minute for DenseNet201).
+        """
+        command = [sys.executable, "-m", "expr_core", "models", "import", str(path), "--labels", json.dumps(labels),
+                   "--workspace", str(self.workspace), "--json"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=IMPORT_TIMEOUT_S,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        if done.returncode != 0:
+            errors = [line[len("error: "):] for line in done.stderr.splitlines() if line.startswith("error: ")]
+            raise RegistryError(errors[-1] if errors else f"Importing {path} failed:\n{done.stderr[-2000:]}")
+        return json.loads(done.stdout)["run_id"]
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (a power cut must not undo a publish)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

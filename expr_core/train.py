@@ -1,0 +1,380 @@
+"""The training worker: dataset snapshot -> split -> two phases -> LiteRT -> validation report -> publish.
+
+Phase 1 trains only the head, so the frozen base would compute the same features every epoch: they
+are computed once (for the clean training images, ``feature_copies`` augmented copies of them, and the
+validation images) and the head trains on the cached features, about a hundred times faster per epoch.
+Phase 2 fine-tunes the whole network at a very low learning rate on augmented images.
+
+Runs in its own process (``python -m expr_core train``); progress goes to the run's files through
+:class:`expr_core.jobs.JobWriter`. Imports TensorFlow: never import this from the Streamlit server.
+"""
+
+from __future__ import annotations
+
+import _thread
+import math
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import atomic, jobs
+from .convert import export_tflite
+from .dataset import DatasetStore, Sample
+from .errors import UserError
+from .evaluate import classification_report
+from .model import Network, augmentation, build_network, inference_copy, set_phase
+from .registry import (DATASET_FILE, HISTORY_FILE, KERAS_FILE, LABELS_FILE, METRICS_FILE, TFLITE_DYNAMIC_FILE,
+                       TFLITE_FILE, Registry)
+from .serving import Classifier
+from .settings import Settings
+from .split import Split, split_samples
+from .train_config import TrainConfig
+
+BATCH_EVENT_EVERY_S = 0.5  # per-batch events are throttled: the head phase runs hundreds of batches a second
+STATUS_EVERY_S = 1.0
+CANCEL_GRACE_S = 3.0  # how long a cancel request may wait for a batch boundary before the worker interrupts itself
+WORK_DIR = "work"
+LOSS = "sparse_categorical_crossentropy"
+
+
+class Cancelled(Exception):
+    """The user asked the run to stop."""
+
+
+# -- cancellation --------------------------------------------------------------------------------
+class CancelGuard:
+    """Turns a cancel request (the run's ``cancel`` file, or SIGTERM) into :class:`Cancelled` in the main thread.
+
+    Training checks :meth:`check` after every batch. When the worker is busy elsewhere (tracing the
+    graph, converting), a watcher thread interrupts the main thread after :data:`CANCEL_GRACE_S`. Once
+    publishing has begun, requests are ignored: the rename is quicker than the cleanup would be.
+    """
+
+    def __init__(self, cancel_file: Path) -> None:
+        self.cancel_file = cancel_file
+        self.publishing = False
+        self._stop = threading.Event()
+        self._previous_handler: Any = None
+
+    def __enter__(self) -> CancelGuard:
+        self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        threading.Thread(target=self._watch, name="cancel-watcher", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        signal.signal(signal.SIGTERM, self._previous_handler)
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        if not self.publishing:
+            raise Cancelled()
+
+    def _watch(self) -> None:
+        seen = None
+        while not self._stop.wait(0.5):
+            if not self.cancel_file.exists():
+                continue
+            seen = seen or time.monotonic()
+            if time.monotonic() - seen > CANCEL_GRACE_S and not self.publishing:
+                _thread.interrupt_main(signal.SIGTERM)
+                return
+
+    def check(self) -> None:
+        if not self.publishing and self.cancel_file.exists():
+            raise Cancelled()
+
+
+# -- progress ------------------------------------------------------------------------------------
+class Progress(keras.callbacks.Callback):
+    """Batch and epoch events plus status updates for one phase; also the per-batch cancel check."""
+
+    def __init__(self, writer: jobs.JobWriter, guard: CancelGuard, phase: str, epochs: int, batches: int) -> None:
+        super().__init__()
+        self.writer, self.guard, self.phase = writer, guard, phase
+        self.epochs, self.batches = epochs, max(1, batches)
+        self.epoch = 0
+        self._first_batch_done: float | None = None
+        self._done_batches = 0
+        self._last_event = 0.0
+        self._epoch_start = time.perf_counter()
+
+    def _eta(self) -> float | None:
+        """Seconds left if every epoch runs, timed from the end of the first batch (which includes tracing)."""
+        if self._first_batch_done is None or self._done_batches < 2:
+            return None
+        rate = (time.perf_counter() - self._first_batch_done) / (self._done_batches - 1)
+        return round(rate * (self.epochs * self.batches - self._done_batches), 1)
+
+    def _batch(self, batch: int, logs: dict | None) -> None:
+        self.guard.check()
+        self._done_batches += 1
+        now = time.perf_counter()
+        self._first_batch_done = self._first_batch_done or now
+        if now - self._last_event < BATCH_EVENT_EVERY_S and batch + 1 < self.batches:
+            return
+        self._last_event = now
+        fields = {"phase": self.phase, "epoch": self.epoch + 1, "epochs": self.epochs, "batch": batch + 1,
+                  "batches": self.batches, "eta_s": self._eta(), **_rounded(logs)}
+        self.writer.event("batch", **fields)
+        self.writer.status(throttle_s=STATUS_EVERY_S, **{k: v for k, v in fields.items() if k != "phase"})
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._batch(batch, logs)
+
+    def on_predict_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._batch(batch, {})
+
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.guard.check()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+        self._epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.writer.event("epoch", phase=self.phase, epoch=epoch + 1, epochs=self.epochs, lr=lr,
+                          seconds=round(time.perf_counter() - self._epoch_start, 2), **_rounded(logs))
+        self.writer.status(epoch=epoch + 1, epochs=self.epochs, eta_s=self._eta())
+
+
+def _rounded(logs: dict | None) -> dict[str, float]:
+    return {k: round(float(v), 5) for k, v in (logs or {}).items() if k != "learning_rate"}
+
+
+def _phase(writer: jobs.JobWriter, phase: str, title: str) -> None:
+    writer.event("phase", phase=phase, title=title)
+    writer.status(phase=phase, epoch=None, epochs=None, batch=None, batches=None, eta_s=None, message=title)
+
+
+# -- data ----------------------------------------------------------------------------------------
+@dataclass
+class Arrays:
+    """Images as RGB uint8 ``(n, size, size, 3)`` (uint8 keeps a few thousand images in little memory)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    samples: list[Sample]
+
+
+def load_arrays(store: DatasetStore, samples: list[Sample], labels: list[str], size: int) -> Arrays:
+    index = {label: i for i, label in enumerate(labels)}
+    x = np.empty((len(samples), size, size, 3), np.uint8)
+    for i, sample in enumerate(samples):
+        image = store.load_image(sample)
+        interp = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
+        x[i] = cv2.cvtColor(cv2.resize(image, (size, size), interpolation=interp), cv2.COLOR_BGR2RGB)
+    return Arrays(x, np.array([index[s.label] for s in samples], np.int32), samples)
+
+
+def _images(x: np.ndarray, batch_size: int, augment: keras.Sequential | None = None) -> tf.data.Dataset:
+    data = tf.data.Dataset.from_tensor_slices(x).batch(batch_size).map(lambda b: tf.cast(b, tf.float32))
+    return data if augment is None else data.map(lambda b: augment(b, training=True))
+
+
+def _batches(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)
+
+
+def _compile(model: keras.Model, lr: float) -> None:
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=LOSS, metrics=["accuracy"])
+
+
+# -- the two phases ------------------------------------------------------------------------------
+def cache_features(net: Network, train: Arrays, val: Arrays, config: TrainConfig, writer: jobs.JobWriter,
+                   guard: CancelGuard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pooled base features of the training images (clean + augmented copies, labels repeated) and of val."""
+    _phase(writer, "features", "Computing the frozen base's features once")
+    augment = augmentation(config.seed)
+    parts = [_images(train.x, config.batch_size)]
+    parts += [_images(train.x, config.batch_size, augment) for _ in range(config.feature_copies)]
+    parts.append(_images(val.x, config.batch_size))
+    data = parts[0]
+    for part in parts[1:]:
+        data = data.concatenate(part)
+    steps = (1 + config.feature_copies) * _batches(len(train.x), config.batch_size) + _batches(len(val.x), config.batch_size)
+    features = net.extractor.predict(data, verbose=0, callbacks=[Progress(writer, guard, "features", 1, steps)])
+    n_train = len(train.x) * (1 + config.feature_copies)
+    return features[:n_train], np.tile(train.y, 1 + config.feature_copies), features[n_train:]
+
+
+def train_head(net: Network, train: Arrays, val: Arrays, config: TrainConfig, writer: jobs.JobWriter,
+               guard: CancelGuard, work: Path) -> dict[str, list[float]]:
+    """Phase 1: the head alone on cached features; the best epoch's weights are kept."""
+    f_train, y_train, f_val = cache_features(net, train, val, config, writer, guard)
+    _phase(writer, "head", "Phase 1: training the head (base frozen)")
+    _compile(net.head, config.lr_1)
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=4, restore_best_weights=True),
+        keras.callbacks.ModelCheckpoint(str(work / "head.best.weights.h5"), monitor="val_accuracy",
+                                        save_best_only=True, save_weights_only=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", patience=3, factor=0.5),
+        Progress(writer, guard, "head", config.epochs_1, _batches(len(f_train), config.batch_size)),
+    ]
+    history = net.head.fit(f_train, y_train, validation_data=(f_val, val.y), epochs=config.epochs_1,
+                           batch_size=config.batch_size, shuffle=True, verbose=0, callbacks=callbacks)
+    return _history(history)
+
+
+def fine_tune(net: Network, train: Arrays, val: Arrays, config: TrainConfig, writer: jobs.JobWriter,
+              guard: CancelGuard) -> dict[str, list[float]]:
+    """Phase 2: the whole network (BatchNorm frozen) on augmented images at a very low learning rate."""
+    _phase(writer, "finetune", "Phase 2: fine-tuning the whole network (the first batch builds the graph)")
+    set_phase(net, fine_tune=True)
+    _compile(net.model, config.lr_2)
+    augment = augmentation(config.seed + 100)
+    train_data = (tf.data.Dataset.from_tensor_slices((train.x, train.y))
+                  .shuffle(len(train.x), seed=config.seed, reshuffle_each_iteration=True)
+                  .batch(config.batch_size)
+                  .map(lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y))
+                  .prefetch(tf.data.AUTOTUNE))
+    val_data = tf.data.Dataset.from_tensor_slices((val.x, val.y)).batch(config.batch_size).map(
+        lambda x, y: (tf.cast(x, tf.float32), y))
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=3, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", patience=2, factor=0.5),
+        Progress(writer, guard, "finetune", config.epochs_2, _batches(len(train.x), config.batch_size)),
+    ]
+    history = net.model.fit(train_data, validation_data=val_data, epochs=config.epochs_2, verbose=0,
+                            shuffle=False, callbacks=callbacks)  # the dataset reshuffles itself each epoch
+    return _history(history)
+
+
+def _history(history: keras.callbacks.History) -> dict[str, list[float]]:
+    return {k: [round(float(v), 5) for v in values] for k, values in history.history.items()}
+
+
+# -- report and publish --------------------------------------------------------------------------
+def validation_report(staged: Path, val: Arrays, labels: list[str]) -> dict[str, Any]:
+    """The report of the *served* LiteRT file on the validation images, plus the misclassified samples.
+
+    Measuring the converted file (not the Keras model) also proves the conversion kept the model's
+    behaviour. The quantised variant's accuracy and agreement are added when it exists.
+    """
+    probs = Classifier(staged / TFLITE_FILE, labels).predict_many(val.x, bgr=False)
+    report = classification_report(val.y, probs, labels)
+    predicted = probs.argmax(axis=1)
+    wrong = [
+        {"id": s.id, "label": s.label, "predicted": labels[p], "confidence": round(float(probs[i, p]), 4)}
+        for i, (s, p) in enumerate(zip(val.samples, predicted)) if p != val.y[i]
+    ]
+    report["misclassified"] = sorted(wrong, key=lambda w: -w["confidence"])
+    if (staged / TFLITE_DYNAMIC_FILE).is_file():
+        q_probs = Classifier(staged / TFLITE_DYNAMIC_FILE, labels).predict_many(val.x, bgr=False)
+        report["quantized"] = {
+            "accuracy": classification_report(val.y, q_probs, labels)["accuracy"],
+            "agreement": round(float(np.mean(q_probs.argmax(axis=1) == predicted)), 4),
+        }
+    return report
+
+
+def dataset_summary(split: Split, excluded: list[str]) -> dict[str, Any]:
+    return {
+        "labels": split.labels, "counts": split.counts(), "excluded_labels": excluded,
+        "groups": {"train": len({s.group for s in split.train}), "val": len({s.group for s in split.val})},
+        "train_ids": [s.id for s in split.train], "val_ids": [s.id for s in split.val],
+    }
+
+
+def _snapshot(store: DatasetStore, config: TrainConfig, writer: jobs.JobWriter) -> tuple[Split, list[str]]:
+    """Split the dataset as it is now; labels without samples are left out with a warning."""
+    samples = store.samples()
+    counts = Counter(s.label for s in samples)
+    labels = [label for label in store.labels() if counts[label]]
+    excluded = [label for label in store.labels() if not counts[label]]
+    if excluded and len(labels) >= 2:
+        writer.event("warning", message=f"Labels without samples are left out of this model: {', '.join(excluded)}.")
+    split = split_samples(samples, labels, config.val_fraction, config.seed)
+    writer.event("dataset", labels=labels, counts=split.counts(), samples=len(split.train) + len(split.val))
+    return split, excluded
+
+
+def train_run(settings: Settings, config: TrainConfig, run_id: str, writer: jobs.JobWriter,
+              guard: CancelGuard) -> dict[str, Any]:
+    """Everything from the dataset snapshot to the published model; returns the CLI's result dict."""
+    folder = jobs.run_dir(settings.workspace, run_id)
+    work = folder / WORK_DIR
+    work.mkdir(exist_ok=True)
+    registry = Registry(settings.workspace)
+    store = DatasetStore(settings.workspace)
+    _phase(writer, "prepare", "Reading the dataset and building the network")
+    split, excluded = _snapshot(store, config, writer)
+    labels, size = split.labels, config.image_size
+    train, val = load_arrays(store, split.train, labels, size), load_arrays(store, split.val, labels, size)
+    if config.weights == "none":
+        writer.event("warning", message="Training without pretrained weights (weights 'none'): the base starts "
+                     "from random values, so accuracy will be much lower than with ImageNet weights.")
+    net = build_network(config.backbone, len(labels), size, config.weights)
+    history = {}
+    if config.epochs_1:
+        history["head"] = train_head(net, train, val, config, writer, guard, work)
+    if config.epochs_2:
+        history["finetune"] = fine_tune(net, train, val, config, writer, guard)
+    _phase(writer, "convert", "Saving the model and converting it for serving")
+    staged = registry.staging_dir(run_id)
+    inference_copy(net).save(staged / KERAS_FILE)
+    conversion = export_tflite(net.model, staged, config.quantize)
+    writer.event("info", message=f"Conversion times (s): {conversion}")
+    _phase(writer, "evaluate", "Measuring the served model on the validation set")
+    report = validation_report(staged, val, labels)
+    for name, content in ((LABELS_FILE, labels), (METRICS_FILE, report), (HISTORY_FILE, history),
+                          (DATASET_FILE, dataset_summary(split, excluded)), (jobs.CONFIG_FILE, config.to_dict())):
+        atomic.write_json(staged / name, content)
+    _phase(writer, "publish", "Publishing the model")
+    guard.publishing = True
+    registry.publish(run_id, writer, val_accuracy=report["accuracy"], labels=labels)
+    writer.event("end", state="done", error=None, val_accuracy=report["accuracy"])
+    model_dir = registry.model_dir(run_id)
+    return {"run_id": run_id, "state": "done", "model_path": str(model_dir / KERAS_FILE),
+            "tflite_path": str(model_dir / TFLITE_FILE), "labels": labels, "val_accuracy": report["accuracy"],
+            "balanced_accuracy": report["balanced_accuracy"], "confusion_matrix": report["confusion_matrix"],
+            "per_class": report["per_class"], "quantized": report.get("quantized"),
+            "seconds": round(writer.elapsed(), 1)}
+
+
+def _finish(writer: jobs.JobWriter, state: str, error: str | None) -> dict[str, Any]:
+    writer.status(state=state, error=error, finished=time.time(), eta_s=None)
+    writer.event("end", state=state, error=error, val_accuracy=None)
+    return {"run_id": writer.run_id, "state": state, "error": error}
+
+
+def run_worker(settings: Settings, run_id: str, lock_fd: int | None = None,
+               echo: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train the already created run ``run_id`` while holding the workspace's training lock.
+
+    Never raises for a failed or cancelled run: the outcome is in the returned dict and the run's files.
+    The lock is held until the final status is written, so the next run cannot start before that.
+    """
+    folder = jobs.run_dir(settings.workspace, run_id)
+    with jobs.training_lock(settings.workspace, lock_fd):
+        writer = jobs.JobWriter(folder, run_id, echo=echo)
+        try:
+            with CancelGuard(folder / jobs.CANCEL_FILE) as guard:
+                config = TrainConfig.from_dict(atomic.read_json(folder / jobs.CONFIG_FILE, {})).validated()
+                writer.status(state="running", started=time.time(), worker=jobs.process_identity(os.getpid()))
+                writer.event("start", run_id=run_id, pid=os.getpid(), config=config.to_dict())
+                return train_run(settings, config, run_id, writer, guard)
+        except (Cancelled, KeyboardInterrupt):
+            return _finish(writer, "cancelled", None)
+        except UserError as exc:
+            return _finish(writer, "failed", str(exc))
+        except Exception as exc:  # a bug: keep the traceback in the log, tell the user what happened
+            traceback.print_exc(file=sys.stderr)
+            return _finish(writer, "failed", f"Training crashed: {type(exc).__name__}: {exc}")
+        finally:
+            shutil.rmtree(folder / WORK_DIR, ignore_errors=True)
+            writer.close()

@@ -14,6 +14,9 @@ require_access()
 PAGES = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("pages/capture.py", title="Capture", icon=":material/photo_camera:"),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("pages/models.py", title="Models", icon=":material/inventory_2:"),
+    st.Page("pages/detect.py", title="Detect", icon=":material/mood:"),
 ]
 
 page = st.navigation(PAGES)

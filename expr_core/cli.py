@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -81,6 +82,63 @@ def _classify_faces(classifier, image, faces, entries: list[dict], settings: Set
     for entry, probs in zip(entries, classifier.predict(crops)):
         entry["label"] = classifier.labels[int(probs.argmax())]
         entry["probs"] = {label: round(float(p), 4) for label, p in zip(classifier.labels, probs)}
+
+
+def cmd_video(args: argparse.Namespace) -> int:
+    """Annotate a video; with ``--job-dir`` (the app's worker) progress and the outcome go to that job folder."""
+    from .live import ExpressionPipeline
+    from .video import process_video
+
+    settings = _settings(args)
+    writer = _job_writer(Path(args.job_dir)) if args.job_dir else None
+    try:
+        pipeline = ExpressionPipeline(_detector(settings), _open_classifier(args.model, args.labels),
+                                      settings.crop_margin, smoothing_s=args.smoothing)
+        cancel_file = Path(args.job_dir) / "cancel" if args.job_dir else None
+
+        def progress(done: int, total: int) -> None:
+            if writer:
+                writer.status(throttle_s=0.5, frames=done, total_frames=total)
+                writer.event("progress", frames=done, total_frames=total)
+            else:
+                print(f"\r{done}/{total or '?'} frames", end="", file=sys.stderr)
+
+        result = process_video(Path(args.input), Path(args.output), pipeline, progress,
+                               should_stop=lambda: bool(cancel_file and cancel_file.exists()))
+    except UserError as exc:
+        if writer:
+            writer.status(state="failed", error=str(exc), finished=time.time())
+        raise
+    summary = {"frames": result.frames, "frames_with_faces": result.frames_with_faces,
+               "duration_s": round(result.duration_s, 2), "video": str(result.video_path), "csv": str(result.csv_path),
+               "cancelled": result.cancelled, "warning": result.warning,
+               "seconds": round(writer.elapsed(), 2) if writer else None}
+    if writer:
+        writer.status(state="cancelled" if result.cancelled else "done", finished=time.time(), **summary)
+        writer.close()
+    print(json.dumps(summary))
+    return 0
+
+
+def _job_writer(folder: Path):
+    """The worker side of a job folder created by the app (status 'running' from now on)."""
+    from . import jobs
+
+    writer = jobs.JobWriter(folder, folder.name)
+    writer.status(state="running", worker=jobs.process_identity(os.getpid()))
+    return writer
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Grad-CAM heat maps for every face of an image, written as PNGs; a JSON summary on stdout."""
+    from .explain import explain_image
+    from .images import decode_image, read_file
+
+    settings = _settings(args)
+    image = decode_image(read_file(Path(args.image)), args.image)
+    faces = explain_image(Path(args.model), image, _detector(settings), settings.crop_margin, Path(args.out))
+    print(json.dumps({"image": args.image, "faces": faces}))
+    return 0
 
 
 def cmd_dataset_import(args: argparse.Namespace) -> int:
@@ -342,6 +400,23 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--labels", help="labels a,b,c for a model without labels.json beside it")
     _common(detect, workspace=False)
     detect.set_defaults(func=cmd_detect)
+
+    video = sub.add_parser("video", help="annotate a video file; writes OUT (MP4) and OUT.csv")
+    video.add_argument("input")
+    video.add_argument("output")
+    video.add_argument("--model", required=True, help="run folder, .tflite or .keras file")
+    video.add_argument("--labels", help="labels a,b,c for a model without labels.json beside it")
+    video.add_argument("--smoothing", type=float, default=0.15, help="seconds of per-face smoothing (0: none)")
+    video.add_argument("--job-dir", help=argparse.SUPPRESS)  # set when the app runs this as a background job
+    _common(video, workspace=False)
+    video.set_defaults(func=cmd_video)
+
+    explain = sub.add_parser("explain", help="Grad-CAM heat maps of what drove each face's prediction")
+    explain.add_argument("image")
+    explain.add_argument("--model", required=True, help="run folder or .keras file")
+    explain.add_argument("--out", required=True, help="folder for the crops and heat maps (PNG)")
+    _common(explain, workspace=False)
+    explain.set_defaults(func=cmd_explain)
 
     dataset = sub.add_parser("dataset", help="manage the labelled dataset").add_subparsers(dest="action", required=True)
     imp = dataset.add_parser("import", help="add images, folders or zips")

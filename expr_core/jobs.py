@@ -243,13 +243,18 @@ def job_status(workspace: Path, run_id: str) -> dict[str, Any]:
     Besides ``state`` the dict may carry ``phase``, ``epoch``, ``epochs``, ``batch``, ``batches``,
     ``eta_s``, ``elapsed``, ``val_accuracy``, ``error``, ``cancel_requested``, ``created``, ``finished``.
     """
-    _reap_children()
     folder = run_dir(workspace, run_id)
     if not folder.is_dir():
         raise JobError(f"There is no run {run_id}.")
-    status = read_status(folder) or {"run_id": run_id, "state": "queued", "created": time.time()}
+    return folder_status(folder)
+
+
+def folder_status(folder: Path) -> dict[str, Any]:
+    """The status of any job folder (training run or video job), marking a vanished worker's job ``failed``."""
+    _reap_children()
+    status = read_status(folder) or {"run_id": folder.name, "state": "queued", "created": time.time()}
     if status.get("state") in ACTIVE_STATES and not worker_alive(folder) and not _launching(folder, status):
-        status = _mark_dead(folder, run_id)
+        status = _mark_dead(folder)
     status["cancel_requested"] = (folder / CANCEL_FILE).exists()
     return status
 
@@ -260,15 +265,16 @@ def _launching(folder: Path, status: dict[str, Any]) -> bool:
             and time.time() - status.get("created", 0) < LAUNCH_GRACE_S)
 
 
-def _mark_dead(folder: Path, run_id: str) -> dict[str, Any]:
+def _mark_dead(folder: Path) -> dict[str, Any]:
     """Record that the worker vanished, unless it finished between our two looks at the status."""
-    status = read_status(folder) or {"run_id": run_id}
+    status = read_status(folder) or {"run_id": folder.name}
     if status.get("state") not in (*ACTIVE_STATES, None):
         return status
     tail = _log_tail(folder)
+    what = "training" if status.get("kind", "train") == "train" else status["kind"]
     status.update(
         state="failed", finished=time.time(),
-        error="The training process stopped unexpectedly (killed, out of memory or crashed)."
+        error=f"The {what} process stopped unexpectedly (killed, out of memory or crashed)."
         + (f" Last output:\n{tail}" if tail else ""),
     )
     atomic.write_json(folder / STATUS_FILE, status)
@@ -311,17 +317,40 @@ def start_training(settings: Settings, config: TrainConfig) -> str:
     fd = acquire_lock(settings.workspace)
     try:
         run_id, folder = create_run(settings.workspace, config.to_dict())
-        with open(folder / LOG_FILE, "ab") as log:
-            proc = subprocess.Popen(
-                worker_command(settings, run_id, fd), pass_fds=(fd,), start_new_session=True,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
-            )
-        atomic.write_json(folder / WORKER_FILE, {"worker": process_identity(proc.pid), "launched": time.time()})
-        _children[run_id] = proc
+        launch(folder, worker_command(settings, run_id, fd), pass_fds=(fd,))
     finally:
         os.close(fd)  # the child holds its own copy of the locked file description
     return run_id
+
+
+def launch(folder: Path, command: list[str], pass_fds: tuple[int, ...] = ()) -> None:
+    """Start a worker for the job in ``folder``, in its own session (a page reload or a closed tab does not
+    stop it), logging to ``worker.log`` and recording its identity so readers can tell if it dies."""
+    with open(folder / LOG_FILE, "ab") as log:
+        proc = subprocess.Popen(
+            command, pass_fds=pass_fds, start_new_session=True, stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+    atomic.write_json(folder / WORKER_FILE, {"worker": process_identity(proc.pid), "launched": time.time()})
+    _children[folder.name] = proc
+
+
+def run_cli(args: list[str], timeout_s: float) -> dict[str, Any]:
+    """Run ``python -m expr_core ARGS`` in a worker process and wait: short TensorFlow work for the server.
+
+    Returns the JSON object the command prints last; a failure raises :class:`JobError` with the command's
+    own ``error:`` message (written for users) or, failing that, the end of its output.
+    """
+    command = [sys.executable, "-m", "expr_core", *args]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    except subprocess.TimeoutExpired as exc:
+        raise JobError(f"{args[0]} did not finish within {timeout_s:.0f} s.") from exc
+    if done.returncode != 0:
+        errors = [line[len("error: "):] for line in done.stderr.splitlines() if line.startswith("error: ")]
+        raise JobError(errors[-1] if errors else f"{args[0]} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def cancel(workspace: Path, run_id: str) -> bool:
@@ -330,8 +359,12 @@ def cancel(workspace: Path, run_id: str) -> bool:
     The request is a file (it works across process namespaces and is seen by any reader); the worker
     checks it after every batch and, when it is busy elsewhere (building, converting), interrupts itself.
     """
-    folder = run_dir(workspace, run_id)
-    if job_status(workspace, run_id).get("state") not in ACTIVE_STATES:
+    return request_cancel(run_dir(workspace, run_id))
+
+
+def request_cancel(folder: Path) -> bool:
+    """Write the cancel request of any job folder; ``False`` if the job is not active."""
+    if folder_status(folder).get("state") not in ACTIVE_STATES:
         return False
     atomic.write_json(folder / CANCEL_FILE, {"requested": time.time()})
     return True

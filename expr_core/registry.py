@@ -26,8 +26,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -186,14 +184,11 @@ class Registry:
         Runs in a separate process because it needs TensorFlow; takes as long as a TFLite conversion
         (seconds for small models, about a minute for DenseNet201).
         """
-        command = [sys.executable, "-m", "expr_core", "models", "import", str(path), "--labels", json.dumps(labels),
-                   "--workspace", str(self.workspace), "--json"]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=IMPORT_TIMEOUT_S,
-                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-        if done.returncode != 0:
-            errors = [line[len("error: "):] for line in done.stderr.splitlines() if line.startswith("error: ")]
-            raise RegistryError(errors[-1] if errors else f"Importing {path} failed:\n{done.stderr[-2000:]}")
-        return json.loads(done.stdout)["run_id"]
+        try:
+            return jobs.run_cli(["models", "import", str(path), "--labels", json.dumps(labels),
+                                 "--workspace", str(self.workspace), "--json"], IMPORT_TIMEOUT_S)["run_id"]
+        except jobs.JobError as exc:
+            raise RegistryError(str(exc)) from exc
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -11,6 +11,7 @@ Environment variables (all optional):
 - ``EXPR_CACHE_DIR``: where downloaded model files are cached (default ``~/.cache/expr-studio``).
 - ``EXPR_DOWNLOADS``: ``0`` forbids downloads (files must be in the models folder or the cache).
 - ``EXPR_DETECTOR``: ``yunet`` (default), ``ssd`` or ``haar``.
+- ``EXPR_QUANTIZED``: ``0`` serves the float32 model instead of the dynamic-range quantised one.
 - ``EXPR_ICE_SERVERS``: a JSON list of ICE server objects for WebRTC, e.g.
   ``[{"urls": ["turn:turn.example.org:3478"], "username": "u", "credential": "p"}]``.
 """
@@ -40,6 +41,7 @@ class Settings:
     detector: str = "yunet"
     crop_margin: float = 0.2
     crop_size: int = 224
+    quantized_serving: bool = True
     ice_servers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
 
     def with_(self, **changes: Any) -> Settings:
@@ -83,5 +85,6 @@ def load_settings(env: Mapping[str, str] | None = None, secrets: Mapping[str, An
         cache_dir=Path(env.get("EXPR_CACHE_DIR", str(Path.home() / ".cache" / "expr-studio"))),
         allow_downloads=env.get("EXPR_DOWNLOADS", "1") != "0",
         detector=detector,
+        quantized_serving=env.get("EXPR_QUANTIZED", "1") != "0",
         ice_servers=parse_ice_servers(ice_raw),
     )

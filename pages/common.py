@@ -10,6 +10,7 @@ import contextlib
 import hmac
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -18,6 +19,8 @@ from expr_core.capture import SampleWriter
 from expr_core.dataset import DatasetStore
 from expr_core.errors import UserError
 from expr_core.faces import FaceDetector, open_detector
+from expr_core.registry import Registry
+from expr_core.serving import Classifier
 from expr_core.settings import Settings, load_settings
 
 
@@ -127,3 +130,18 @@ def delete_all_data() -> None:
     queue = ReviewQueue(settings().workspace)
     queue.discard([item.id for item in queue.items()])
     store().delete_all()
+
+
+@st.cache_resource(show_spinner="Loading the model...", max_entries=4)
+def _classifier_for(model_dir: str, stamp: float, quantized: bool) -> Classifier:
+    return Classifier.from_path(Path(model_dir), quantized=quantized)
+
+
+def active_model() -> tuple[str, Classifier] | None:
+    """The active run id and its classifier, loaded once per process (reloaded when another run is activated)."""
+    registry = Registry(settings().workspace)
+    run_id = registry.active_id()
+    if run_id is None:
+        return None
+    model_dir = registry.model_dir(run_id)
+    return run_id, _classifier_for(str(model_dir), model_dir.stat().st_mtime, settings().quantized_serving)

@@ -27,9 +27,13 @@ with step2, st.container(border=True):
     st.write("Fine-tune DenseNet201 in two phases (head first, then the whole network) and read the report.")
     ready = sum(1 for n in counts.values() if n >= 10) >= 2
     st.caption("Ready to train." if ready else "Record at least 10 crops for two labels first (30+ each is better).")
+    st.page_link("pages/train.py", label="Open Train", icon=":material/model_training:")
 with step3, st.container(border=True):
     st.subheader("3. Detect")
     st.write("Point the camera at faces: every face gets its expression and confidence, live.")
+    model = common.active_model()
+    st.caption(f"Active model: {model[0]} ({', '.join(model[1].labels)})" if model else "No trained model yet.")
+    st.page_link("pages/detect.py", label="Open Detect", icon=":material/mood:")
 
 with st.expander("Privacy and your data"):
     st.write(

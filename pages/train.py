@@ -1,0 +1,88 @@
+"""Train: fine-tune DenseNet201 on the dataset in a background process, with live progress and a report."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from expr_core import jobs
+from expr_core.registry import Registry
+from expr_core.split import check_trainable
+from expr_core.train_config import BACKBONES, TrainConfig
+from pages import common, report
+
+st.title("Train")
+cfg, store = common.settings(), common.store()
+registry = Registry(cfg.workspace)
+counts = store.stats()
+st.caption("Samples per label: " + " · ".join(f"{label}: {n}" for label, n in counts.items()))
+
+running = jobs.active_run(cfg.workspace)
+
+
+@st.fragment(run_every=1.0)
+def live(run_id: str) -> None:
+    """Refreshes every second; when the run ends, reruns the page to show the report."""
+    status = jobs.job_status(cfg.workspace, run_id)
+    events = report.run_events(cfg.workspace, run_id)
+    if status["state"] not in jobs.ACTIVE_STATES:
+        st.rerun()
+    st.subheader(f"Run {run_id}: {status['state']}")
+    report.progress(status, events)
+    report.learning_curves(events)
+    if status.get("cancel_requested"):
+        st.info("Cancelling... the run stops after the current batch.")
+    elif st.button("Cancel training", icon=":material/cancel:"):
+        jobs.cancel(cfg.workspace, run_id)
+
+
+if running:
+    st.info("Training runs in the background: you can leave this page, close the tab or open it elsewhere.")
+    live(running)
+    st.stop()
+
+with st.form("train_settings"):
+    st.subheader("New training run")
+    left, right = st.columns(2)
+    backbone = left.selectbox("Backbone", BACKBONES, help="DenseNet201 is the original network; MobileNetV3Small "
+                              "trains and serves much faster with lower accuracy.")
+    weights_choice = left.radio("Starting weights", ["imagenet", "none", "file"], horizontal=True,
+                                help="ImageNet weights (about 80 MB) are downloaded once into the Keras cache. "
+                                     "If this server has no internet the run fails and says how to supply them.")
+    weights_path = left.text_input("Weights file (for 'file')", placeholder="/path/densenet201_notop.h5")
+    image_size = right.select_slider("Input size (pixels)", [48, 64, 96, 128, 160, 224], value=96,
+                                     help="Larger is slower and needs more memory (224 px phase 2: about 9 GB).")
+    batch_size = right.select_slider("Batch size", [8, 16, 32, 64], value=32)
+    epochs_1 = right.number_input("Phase 1 epochs (base frozen; 0 = skip)", 0, 200, 30)
+    epochs_2 = right.number_input("Phase 2 epochs (fine-tune all; 0 = skip)", 0, 100, 10)
+    with st.expander("Advanced"):
+        a, b, c = st.columns(3)
+        lr_1 = a.number_input("Phase 1 learning rate", 1e-5, 1e-1, 1e-3, format="%.5f")
+        lr_2 = b.number_input("Phase 2 learning rate", 1e-7, 1e-3, 2e-5, format="%.6f")
+        val_fraction = c.slider("Validation share", 0.1, 0.4, 0.2, 0.05)
+        feature_copies = a.number_input("Augmented copies for phase 1", 0, 8, 2)
+        quantize = b.checkbox("Also make a quantised (faster) serving file", value=True)
+    start = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
+
+weights = weights_path.strip() if weights_choice == "file" else weights_choice
+if weights == "none":
+    st.warning("Without pretrained weights the network starts from random values: accuracy will be much lower.")
+if start:
+    with common.user_errors():
+        check_trainable(store.samples(), [label for label, n in counts.items() if n])
+        config = TrainConfig(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size,
+                             epochs_1=int(epochs_1), epochs_2=int(epochs_2), lr_1=lr_1, lr_2=lr_2,
+                             feature_copies=int(feature_copies), val_fraction=val_fraction, quantize=quantize)
+        jobs.start_training(cfg, config)
+        st.rerun()
+
+runs = registry.runs()
+if runs:
+    last = runs[0]
+    st.divider()
+    st.subheader(f"Last run {last.run_id}: {last.state}")
+    if last.error:
+        st.error(last.error)
+    report.learning_curves(report.run_events(cfg.workspace, last.run_id))
+    if last.state == "done":
+        report.evaluation(registry, last.run_id, store)
+        st.page_link("pages/models.py", label="Compare and activate models", icon=":material/inventory_2:")

@@ -5,6 +5,7 @@ Not a page itself (it is not listed in streamlit_app.py's navigation).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
@@ -60,6 +61,9 @@ def keep_context_on_rerun(state: MutableMapping[str, Any], key: str) -> bool:
     after Start (measured: 7 of 39 first clicks). We know better: ``streamlit_app.py`` records the
     page of the previous full run, and when it is this same page the context is not stale, so the
     check is disabled for this run. Returns True when it intervened.
+
+    ``EXPR_WEBRTC_GUARD=0`` switches it off (read in :func:`camera`), only so that
+    ``bench/webrtc_start.py`` can compare Start reliability with and without it.
     """
     same_page = state.get("previous_page") is not None and state.get("previous_page") == state.get("current_page")
     context = state.get(key)
@@ -88,7 +92,8 @@ def camera(key: str, frame_callback: Callable[[av.VideoFrame], av.VideoFrame]):
     servers, turn_error = ice_servers()
     for warning in filter(None, [turn_error, remote_viewer_warning(servers)]):
         st.warning(warning, icon=":material/wifi_off:")
-    keep_context_on_rerun(st.session_state, key)
+    if os.environ.get("EXPR_WEBRTC_GUARD", "1") != "0":  # EXPR_WEBRTC_GUARD=0: off, only for bench/webrtc_start.py
+        keep_context_on_rerun(st.session_state, key)
     return webrtc_streamer(
         key=key,
         mode=WebRtcMode.SENDRECV,

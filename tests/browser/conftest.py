@@ -1,0 +1,432 @@
+"""Real-browser fixtures: a fake webcam clip, a ``streamlit run`` server, headless Chromium, page helpers.
+
+Every browser test (Capture now; Train and Detect later) builds on these:
+
+- ``webcam_clip``: a Y4M video (640x480, 30 fps, C420jpeg) made at test time from a real face photo
+  (``skimage.data.astronaut()``), with a slow sway so it is a real video. Chromium loops it as its webcam.
+- ``streamlit_server`` (one per session) and ``app`` (per test: the server, plus its log copied into
+  ``test-artifacts/<test>/`` when the test fails). ``start_streamlit()`` starts an extra server with
+  other environment variables.
+- ``browser`` (one Chromium per session, flags from ``docs/browser-testing.md`` of the shared docs)
+  and ``page`` (a fresh context and page per test).
+- ``artifacts``: the test's folder under ``test-artifacts/`` for screenshots.
+- ``webrtc`` helpers: :func:`start_camera` (clicks Start, retries when streamlit-webrtc drops the stream,
+  returns how many tries it took) and :func:`overlay_pixels` (reads the returned video's pixels).
+
+WebRTC needs an address other than 127.0.0.1 (aioice never offers 127.0.0.1 as a host candidate): run
+the suite through ``scripts/in_netns.sh`` (a private network namespace with only loopback plus
+127.0.0.2, which also proves nothing leaves the machine). Without such an address the tests SKIP with
+the reason instead of hanging in "signalling".
+
+Every browser test has an overall time limit (default ``BROWSER_TEST_TIMEOUT`` = 180 s, or
+``@pytest.mark.browser_timeout(seconds)``), and the server dies with the test process even if that is
+killed (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import faulthandler
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = os.environ.get("EXPR_CHROMIUM", "/usr/bin/chromium")
+BROWSER_TEST_TIMEOUT = 180.0
+SERVER_START_TIMEOUT = 60.0
+WIDTH, HEIGHT, FPS, CLIP_SECONDS = 640, 480, 30, 3
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream", "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]  # fmt: skip
+
+
+# -- environment checks -----------------------------------------------------------------------------
+def webrtc_host_addresses() -> list[str]:
+    """The IPv4 addresses the server's ICE (aioice) would offer: all but 127.0.0.1, exactly as aioice picks them."""
+    from aioice.ice import get_host_addresses
+
+    return get_host_addresses(use_ipv4=True, use_ipv6=False)
+
+
+def browser_skip_reason() -> str | None:
+    """Why browser tests cannot run here, or None."""
+    if not Path(CHROMIUM).is_file():
+        return f"Chromium not found at {CHROMIUM} (apt-get install chromium, or set EXPR_CHROMIUM)"
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -r requirements-dev.txt)"
+    if not webrtc_host_addresses():
+        return (
+            "no IPv4 address other than 127.0.0.1: WebRTC (aioice) would hang in 'signalling'. Run the tests in "
+            "a private network namespace: scripts/in_netns.sh .venv/bin/python -m pytest tests/browser"
+        )
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "browser: real-browser test (headless Chromium + streamlit run)")
+    config.addinivalue_line("markers", "browser_timeout(seconds): overall time limit of a browser test")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    reason = None
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.browser)
+            reason = reason or browser_skip_reason() or ""
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Keep each phase's report on the item so fixtures can tell whether the test failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+def _failed(node: pytest.Item) -> bool:
+    return any(getattr(getattr(node, f"rep_{when}", None), "failed", False) for when in ("setup", "call"))
+
+
+# -- overall time limit -----------------------------------------------------------------------------
+class BrowserTestTimeout(Exception):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _time_limit(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail (never hang) a browser test that runs longer than its limit; covers setup, call and teardown."""
+    marker = request.node.get_closest_marker("browser_timeout")
+    limit = float(marker.args[0]) if marker else BROWSER_TEST_TIMEOUT
+
+    def on_alarm(signum, frame):
+        raise BrowserTestTimeout(f"browser test exceeded its overall limit of {limit:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    # Last resort if the exception cannot get through (e.g. stuck in C code): dump stacks and exit. The server
+    # dies with us (PR_SET_PDEATHSIG), Chromium with Playwright's driver.
+    faulthandler.dump_traceback_later(limit + 60, exit=True)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        faulthandler.cancel_dump_traceback_later()
+
+
+# -- artifacts --------------------------------------------------------------------------------------
+@pytest.fixture
+def artifacts(request: pytest.FixtureRequest) -> Path:
+    """``test-artifacts/<test name>/``, emptied first: screenshots and logs of this test (gitignored)."""
+    folder = ARTIFACTS / request.node.name.replace("/", "_")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+# -- the fake webcam --------------------------------------------------------------------------------
+def face_canvas(offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """A 640x480 BGR frame: the astronaut photo (real face) scaled to 420x420 on a grey background."""
+    from skimage import data
+
+    photo = cv2.resize(cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR), (420, 420), interpolation=cv2.INTER_AREA)
+    canvas = np.full((HEIGHT, WIDTH, 3), 96, np.uint8)
+    x0 = int(round((WIDTH - 420) / 2 + offset[0]))
+    y0 = int(round((HEIGHT - 420) / 2 + offset[1]))
+    canvas[y0 : y0 + 420, x0 : x0 + 420] = photo
+    return canvas
+
+
+def write_y4m(path: Path, seconds: float = CLIP_SECONDS) -> Path:
+    """Write the fake webcam clip: the face sways a few pixels (one full period per clip, so the loop is seamless)."""
+    frames = int(seconds * FPS)
+    with open(path, "wb") as out:
+        out.write(f"YUV4MPEG2 W{WIDTH} H{HEIGHT} F{FPS}:1 Ip A1:1 C420jpeg\n".encode())
+        for i in range(frames):
+            phase = 2 * math.pi * i / frames
+            frame = face_canvas((12 * math.sin(phase), 6 * math.sin(2 * phase)))
+            out.write(b"FRAME\n")
+            out.write(cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes())  # Y, then U, then V planes
+    return path
+
+
+@pytest.fixture(scope="session")
+def webcam_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fake webcam clip (about 40 MB, in tmp; never committed)."""
+    return write_y4m(tmp_path_factory.mktemp("webcam") / "astronaut.y4m")
+
+
+# -- the Streamlit server ---------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def shared_models_dir() -> Path | None:
+    """``$EXPR_SHARED/models`` (default ``../shared/models``) when it exists; else the app uses Haar."""
+    folder = Path(os.environ.get("EXPR_SHARED") or REPO.parent / "shared") / "models"
+    return folder if folder.is_dir() else None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the test process dies, however it dies (Linux)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class StreamlitServer:
+    """A running ``streamlit run streamlit_app.py``."""
+
+    url: str
+    workspace: Path
+    log_path: Path
+    process: subprocess.Popen
+    env: dict[str, str] = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        """SIGTERM to the server's own process group, SIGKILL after 10 s."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+
+
+# Never inherited by the test server: app settings, and TURN credentials that would make it call out.
+ISOLATED_ENV_PREFIXES = ("EXPR_", "STREAMLIT_", "TWILIO_", "CLOUDFLARE_TURN_", "HF_TOKEN")
+
+
+def start_streamlit(root: Path, extra_env: dict[str, str] | None = None, secrets: str = "",
+                    timeout: float = SERVER_START_TIMEOUT) -> StreamlitServer:
+    """Start the app on a free port with its workspace in ``root/workspace``; returns once /_stcore/health is ok.
+
+    The server sees only ``root/secrets.toml`` (``secrets``, empty by default), not the developer's secrets.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    models = shared_models_dir()
+    (root / "secrets.toml").write_text(secrets)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ISOLATED_ENV_PREFIXES)}
+    env.update(
+        EXPR_HOME=str(root / "workspace"),
+        EXPR_DOWNLOADS="0",
+        EXPR_CACHE_DIR=str(root / "cache"),
+        EXPR_MODELS_DIR=str(models or root / "no-models"),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra_env or {})
+    port = free_port()
+    log_path = root / f"streamlit-{port}.log"
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
+        "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+        "--secrets.files", str(root / "secrets.toml"),
+    ]  # fmt: skip
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True, preexec_fn=_die_with_parent)  # fmt: skip
+    server = StreamlitServer(f"http://127.0.0.1:{port}", Path(env["EXPR_HOME"]), log_path, process, env)
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited with status {process.returncode}:\n{server.log()[-3000:]}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"{server.url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return server
+        if time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"streamlit not healthy after {timeout:.0f} s:\n{server.log()[-3000:]}")
+        time.sleep(0.25)
+
+
+@pytest.fixture(scope="session")
+def streamlit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamlitServer]:
+    """One app server for the whole session (workspace in tmp). Tests sharing it compare counts before/after."""
+    server = start_streamlit(tmp_path_factory.mktemp("app"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def app(streamlit_server: StreamlitServer, request: pytest.FixtureRequest, artifacts: Path) -> Iterator[StreamlitServer]:
+    """The session's server for this test; its log goes to the test's artifacts when the test fails."""
+    assert streamlit_server.process.poll() is None, f"streamlit died:\n{streamlit_server.log()[-3000:]}"
+    yield streamlit_server
+    if _failed(request.node):
+        (artifacts / "streamlit.log").write_text(streamlit_server.log())
+
+
+# -- the browser ------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def browser(webcam_clip: Path):
+    """Headless Debian Chromium with the fake webcam (never ``playwright install``)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-video-capture={webcam_clip}"],
+            timeout=60_000,
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser, request: pytest.FixtureRequest, artifacts: Path):
+    """A fresh context and page; a screenshot and the browser console go to the artifacts on failure."""
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    console: list[str] = []
+    page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+    try:
+        yield page
+    finally:
+        if _failed(request.node):
+            with contextlib.suppress(Exception):
+                page.screenshot(path=str(artifacts / "failure.png"), full_page=True, timeout=10_000)
+            (artifacts / "console.log").write_text("\n".join(console))
+        with contextlib.suppress(Exception):
+            context.close()
+
+
+# -- WebRTC helpers ---------------------------------------------------------------------------------
+WEBRTC_IFRAME = "iframe[title*='webrtc']"
+
+VIDEO_STATE_JS = """(video) => ({playing: !video.paused && video.readyState >= 2 && video.videoWidth > 0,
+                                  time: video.currentTime, width: video.videoWidth, height: video.videoHeight})"""
+
+# Count pixels of the overlay's green (BGR 80,200,60 = RGB 60,200,80) in the video's current frame.
+OVERLAY_PIXELS_JS = """(video) => {
+    const canvas = document.createElement('canvas');
+    canvas.width = video.videoWidth; canvas.height = video.videoHeight;
+    const ctx = canvas.getContext('2d');
+    ctx.drawImage(video, 0, 0);
+    const data = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+    let green = 0;
+    for (let i = 0; i < data.length; i += 4) {
+        const r = data[i], g = data[i + 1], b = data[i + 2];
+        if (g > 150 && r < 130 && b < 140 && g - Math.max(r, b) > 70) green++;
+    }
+    return {green, width: canvas.width, height: canvas.height};
+}"""
+
+
+def green_pixels(bgr: np.ndarray) -> int:
+    """The same overlay-green test as OVERLAY_PIXELS_JS, on a BGR array (to check the clip has none)."""
+    b, g, r = (bgr[..., i].astype(int) for i in range(3))
+    return int(np.count_nonzero((g > 150) & (r < 130) & (b < 140) & (g - np.maximum(r, b) > 70)))
+
+
+def webrtc_frame(page):
+    return page.frame_locator(WEBRTC_IFRAME)
+
+
+def video_state(page) -> dict | None:
+    video = webrtc_frame(page).locator("video")
+    if video.count() == 0:
+        return None
+    return video.first.evaluate(VIDEO_STATE_JS)
+
+
+def wait_playing(page, timeout: float = 20.0, settle: float = 2.0) -> bool:
+    """True once the returned video has played and advanced for ``settle`` seconds; False when it does not
+    within ``timeout`` or the component shows Start again (streamlit-webrtc dropped the stream)."""
+    frame = webrtc_frame(page)
+    clicked = time.monotonic()
+    first: tuple[float, float] | None = None  # (wall clock, video time) of the first frame seen playing
+    while time.monotonic() - clicked < timeout:
+        if time.monotonic() - clicked > 1.0 and _shows_start(frame):
+            return False
+        state = video_state(page)
+        if state and state["playing"]:
+            if first is None:
+                first = (time.monotonic(), state["time"])
+            elif time.monotonic() - first[0] >= settle and state["time"] > first[1]:
+                return True
+        page.wait_for_timeout(200)
+    return False
+
+
+def _shows_start(frame) -> bool:
+    return frame.get_by_role("button", name="Start", exact=True).count() > 0
+
+
+def start_camera(page, max_tries: int = 3, timeout: float = 20.0) -> int:
+    """Click Start until frames arrive; returns how many clicks it took (1 = no retry needed).
+
+    streamlit-webrtc 0.79 can drop the stream right after Start (see pages/camera.py); a retry after a drop
+    is allowed but counted, and raises AssertionError after ``max_tries``.
+    """
+    frame = webrtc_frame(page)
+    for attempt in range(1, max_tries + 1):
+        start = frame.get_by_role("button", name="Start", exact=True)
+        start.wait_for(state="visible", timeout=30_000)
+        start.click()
+        if wait_playing(page, timeout):
+            return attempt
+        # Not playing: if the component still shows Stop, click it so the next Start is clean.
+        stop = frame.get_by_role("button", name="Stop", exact=True)
+        if stop.count():
+            stop.click()
+    raise AssertionError(f"the camera did not start in {max_tries} tries")
+
+
+def overlay_pixels(page) -> dict:
+    """Overlay-green pixels in the returned video's current frame (proves the server drew on the frames)."""
+    return webrtc_frame(page).locator("video").first.evaluate(OVERLAY_PIXELS_JS)
+
+
+@pytest.fixture
+def wait_until() -> Callable[..., object]:
+    """``wait_until(fn, timeout, what)``: poll ``fn`` until it returns something truthy, else fail saying what."""
+
+    def wait(fn: Callable[[], object], timeout: float = 30.0, what: str = "condition", interval: float = 0.25):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = fn()
+            if last:
+                return last
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last value: {last!r})")
+
+    return wait

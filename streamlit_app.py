@@ -6,10 +6,10 @@ docs/architecture.md); training and model conversion run in worker processes.
 
 import streamlit as st
 
-from pages.common import require_access
+from pages import common
 
 st.set_page_config(page_title="Facial Expression Studio", page_icon=":material/mood:", layout="wide")
-require_access()
+common.require_access()
 
 PAGES = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
@@ -20,6 +20,8 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
+common.mark_navigation_ready()
+common.follow_deep_link()
 with st.sidebar:
     st.text_input("Your name", key="user_name", help="Saved with the samples you record.")
 # Remember which page the previous full run showed: the camera pages use it to tell a rerun of the

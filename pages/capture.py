@@ -12,6 +12,7 @@ from pages.camera import camera
 
 GALLERY_PAGE = 48
 
+common.page("pages/capture.py")
 st.title("Capture")
 cfg, store = common.settings(), common.store()
 detector, detector_warning = common.detector()

@@ -32,6 +32,35 @@ def _secrets() -> dict[str, Any]:
         return {}
 
 
+_NAVIGATION = {"ready": False}
+
+
+def mark_navigation_ready() -> None:
+    """Called by streamlit_app.py once its st.navigation has run in this process."""
+    _NAVIGATION["ready"] = True
+
+
+def page(path: str) -> None:
+    """First line of every page: make sure it runs inside the app's navigation.
+
+    Because this folder is called ``pages/``, Streamlit 1.67 runs the *first* script run of a fresh server
+    in its old multipage mode: a first visitor opening a deep link such as ``/capture`` would get this file
+    run directly, without ``streamlit_app.py`` (no sidebar, no access check, helper modules listed as pages).
+    Until ``st.navigation`` has run once in the process, send the visitor through the app, which then
+    switches to the page they asked for.
+    """
+    if not _NAVIGATION["ready"]:
+        st.session_state["deep_link"] = path
+        st.switch_page("streamlit_app.py")
+
+
+def follow_deep_link() -> None:
+    """Called by streamlit_app.py after navigation: open the page a first visitor asked for (see :func:`page`)."""
+    target = st.session_state.pop("deep_link", None)
+    if target:
+        st.switch_page(target)
+
+
 def secret(name: str) -> str | None:
     """A secret from ``.streamlit/secrets.toml``, else the environment variable of the same name."""
     value = _secrets().get(name) or os.environ.get(name)

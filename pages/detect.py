@@ -35,6 +35,7 @@ def explain(data: bytes, name: str, model: str) -> list[dict]:
                 for face in result["faces"]]
 
 
+common.page("pages/detect.py")
 st.title("Detect")
 cfg = common.settings()
 model = common.active_model()

@@ -4,6 +4,7 @@ import streamlit as st
 
 from pages import common
 
+common.page("pages/home.py")
 st.title("Facial Expression Studio")
 st.write(
     "Teach a deep network to read your team's facial expressions. Record labelled face crops from your "

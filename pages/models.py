@@ -11,6 +11,7 @@ import streamlit as st
 from expr_core.registry import Registry
 from pages import common, report
 
+common.page("pages/models.py")
 st.title("Models")
 cfg, store = common.settings(), common.store()
 registry = Registry(cfg.workspace)

@@ -10,6 +10,7 @@ from expr_core.split import check_trainable
 from expr_core.train_config import BACKBONES, TrainConfig
 from pages import common, report
 
+common.page("pages/train.py")
 st.title("Train")
 cfg, store = common.settings(), common.store()
 registry = Registry(cfg.workspace)

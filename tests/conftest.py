@@ -178,3 +178,22 @@ def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
                               capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+# -- a tiny trained model ---------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, _astronaut: np.ndarray) -> Path:
+    """A workspace with one finished, active tiny run (MobileNetV3Small, 32 px, weights none), trained once per
+    test session through the real CLI. Returns the workspace; its model folder is ``Registry(ws).model_dir(...)``.
+
+    The model is real (trained on real face crops, served by LiteRT); it is small only so tests stay fast.
+    """
+    from tests.test_train_split import TINY_ARGS, add_face_samples
+
+    workspace = tmp_path_factory.mktemp("tiny-model") / "ws"
+    add_face_samples(workspace, _astronaut)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "EXPR_DOWNLOADS": "0"}
+    done = subprocess.run([sys.executable, "-m", "expr_core", "train", "--workspace", str(workspace), *TINY_ARGS,
+                           "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return workspace

@@ -7,6 +7,7 @@ import streamlit as st
 
 from expr_core.capture import BurstRequest, Recorder, annotate_capture_frame
 from expr_core.dataset_io import ImportOptions, export_bytes, import_uploads
+from expr_core.review import ReviewQueue
 from pages import common
 from pages.camera import camera
 
@@ -79,7 +80,10 @@ with right:
 
     live_status()
 
-gallery_tab, upload_tab, labels_tab = st.tabs(["Gallery", "Upload images", "Labels"])
+review = ReviewQueue(cfg.workspace)
+pending = review.items()
+gallery_tab, review_tab, upload_tab, labels_tab = st.tabs(
+    ["Gallery", f"Review ({len(pending)})", "Upload images", "Labels"])
 
 with gallery_tab:
     labels = store.labels()
@@ -101,6 +105,31 @@ with gallery_tab:
         removed = store.delete_samples(selected)
         st.toast(f"Deleted {removed} samples.")
         st.rerun()
+
+with review_tab:
+    st.caption("Faces the model was unsure about on the Detect page (only kept when 'keep uncertain faces' is on). "
+               "Tick some, then give them a label or discard them.")
+    picked = []
+    grid = st.columns(8)
+    for i, item in enumerate(pending[:GALLERY_PAGE]):
+        with grid[i % 8]:
+            st.image(str(review.image_path(item.id)), caption=f"{item.predicted}? {item.confidence:.0%}",
+                     width="stretch")
+            if st.checkbox("pick", key=f"rev-{item.id}", label_visibility="collapsed"):
+                picked.append(item.id)
+    if pending:
+        label_col, add_col, discard_col = st.columns([2, 1, 1])
+        target = label_col.selectbox("Label for the picked faces", store.labels(), key="review_label")
+        if add_col.button(f"Add {len(picked)} to dataset", disabled=not picked, type="primary"):
+            with common.user_errors():
+                added = review.accept(picked, target, store, common.user_name())
+                st.toast(f"Added {added} faces to {target!r}.")
+                st.rerun()
+        if discard_col.button(f"Discard {len(picked)}", disabled=not picked):
+            review.discard(picked)
+            st.rerun()
+    else:
+        st.info("Nothing to review.")
 
 with upload_tab:
     with st.form("upload", clear_on_submit=True):

@@ -60,7 +60,7 @@ def learning_curves(events: list[dict[str, Any]]) -> None:
             rule = pd.DataFrame({"step": [boundary - 0.5], "label": ["phase 2 starts"]})
             layers.append(alt.Chart(rule).mark_rule(strokeDash=[4, 4], color="gray").encode(x="step:Q"))
             layers.append(alt.Chart(rule).mark_text(align="left", dx=4, dy=-60, color="gray").encode(x="step:Q", text="label"))
-        col.altair_chart(alt.layer(*layers).properties(title=metric.capitalize(), height=260), use_container_width=True)
+        col.altair_chart(alt.layer(*layers).properties(title=metric.capitalize(), height=260), width="stretch")
 
 
 def progress(status: dict[str, Any], events: list[dict[str, Any]]) -> None:
@@ -106,7 +106,7 @@ def evaluation(registry: Registry, run_id: str, store: DatasetStore) -> None:
         q = report["quantized"]
         st.caption(f"Quantised (served) model: accuracy {q['accuracy']:.1%}, agrees with float32 on {q['agreement']:.1%} of faces.")
     left, right = st.columns(2)
-    left.altair_chart(confusion_heatmap(report), use_container_width=True)
+    left.altair_chart(confusion_heatmap(report), width="stretch")
     per_class = pd.DataFrame(report["per_class"]).T.reset_index(names="label")
     right.dataframe(per_class, hide_index=True)
     wrong = report.get("misclassified", [])

@@ -1,0 +1,69 @@
+"""AppTest of the pages once a real (tiny) model exists: Detect, Train's report, Models, the review queue."""
+
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import pytest
+
+from expr_core.dataset import DatasetStore
+from expr_core.live import FaceReading
+from expr_core.registry import Registry
+from expr_core.review import ReviewQueue
+from tests.app.conftest import open_page
+
+
+@pytest.fixture
+def workspace_with_model(workspace, tiny_model):
+    """A copy of the tiny-model workspace, so each test may change it."""
+    shutil.copytree(tiny_model, workspace)
+    return workspace
+
+
+def test_detect_shows_the_active_model_and_its_tabs(app, workspace_with_model):
+    run_id = Registry(workspace_with_model).active_id()
+    open_page(app, "pages/detect.py")
+    assert any(run_id in c.value and "happy, sad" in c.value for c in app.caption)
+    assert [t.label for t in app.tabs] == ["Live", "Images", "Video file"]
+    assert [s.label for s in app.slider][:1] == ["Smoothing (seconds)"]
+
+
+def test_train_page_reports_the_last_run(app, workspace_with_model):
+    run = Registry(workspace_with_model).runs()[0]
+    open_page(app, "pages/train.py")
+    assert any(f"Last run {run.run_id}: done" in h.value for h in app.subheader)
+    labels = [m.label for m in app.metric]
+    assert "Validation accuracy" in labels and "Balanced accuracy" in labels
+    assert not app.exception
+
+
+def test_models_page_lists_activates_and_deletes(app, workspace_with_model):
+    registry = Registry(workspace_with_model)
+    (run,) = registry.runs()
+    open_page(app, "pages/models.py")
+    assert app.dataframe[0].value["run"].tolist() == [run.run_id]
+    assert app.dataframe[0].value["active"].tolist() == ["●"]
+    next(b for b in app.button if b.label == "Yes, delete").click()
+    app.run()
+    assert registry.runs() == [] and registry.active_id() is None
+    assert DatasetStore(workspace_with_model).stats()["happy"] > 0  # the dataset is untouched
+
+
+def test_review_queue_items_are_labelled_into_the_dataset(app, workspace_with_model, astronaut_bgr):
+    queue = ReviewQueue(workspace_with_model)
+    crop = cv2.resize(astronaut_bgr[60:200, 170:310], (96, 96))
+    for _ in range(2):
+        queue.add(crop, FaceReading(1, (0, 0, 96, 96), "happy", 0.55, {"happy": 0.55, "sad": 0.45}), "cy")
+    before = DatasetStore(workspace_with_model).stats()
+    open_page(app, "pages/capture.py")
+    assert any(t.label == "Review (2)" for t in app.tabs)
+    picks = [c for c in app.checkbox if c.key and c.key.startswith("rev-")]
+    picks[0].check()
+    app.run()
+    app.selectbox(key="review_label").set_value("sad")
+    next(b for b in app.button if b.label == "Add 1 to dataset").click()
+    app.run()
+    after = DatasetStore(workspace_with_model).stats()
+    assert after["sad"] == before["sad"] + 1 and len(queue.items()) == 1
+    assert DatasetStore(workspace_with_model).samples("sad")[-1].source == "review"

@@ -61,10 +61,15 @@ with right:
     if stop_col.button("Stop", icon=":material/stop:", width="stretch"):
         recorder.stop()
 
+    shown_saved = sum(recorder.status().saved.values())  # what the gallery below shows
+
     @st.fragment(run_every=0.5)
     def live_status() -> None:
-        """Refreshes twice a second without rerunning the page (the video keeps playing)."""
+        """Refreshes twice a second without rerunning the page (the video keeps playing); after a burst it
+        reruns the page once so the gallery shows the new crops."""
         status = recorder.status()
+        if status.phase == "idle" and sum(status.saved.values()) != shown_saved:
+            st.rerun()
         if status.phase == "countdown":
             st.info(f"Recording **{status.label}** in {status.countdown_left:.0f} s... look at the camera.")
         elif status.phase == "recording":

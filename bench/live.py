@@ -23,12 +23,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, peak_rss_mb, require_shared, summary_ms  # noqa: E402
-from bench.scene import LABELS, SIZE, build_served_models, compose, load_photos  # noqa: E402
-from expr_core.faces import crop_face, make_detector  # noqa: E402
+from bench.common import machine, peak_rss_mb, summary_ms  # noqa: E402
+from bench.scene import lfw_detector, LABELS, SIZE, build_served_models, compose, load_photos  # noqa: E402
+from expr_core.faces import crop_face  # noqa: E402
 from expr_core.live import ExpressionPipeline  # noqa: E402
 from expr_core.serving import Classifier  # noqa: E402
-from expr_core.settings import load_settings  # noqa: E402
 
 def time_pipeline(pipeline: ExpressionPipeline, frames: list[np.ndarray]) -> dict:
     pipeline.process(frames[0].copy())  # warm-up (allocations, first-call costs)
@@ -57,9 +56,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=150)
     parser.add_argument("--baseline-frames", type=int, default=40)
     args = parser.parse_args()
-    root = require_shared("data/lfw-expressions")
-    settings = load_settings().with_(models_dir=root.parents[1] / "models", allow_downloads=False)
-    detector = make_detector("yunet", settings)
+    root, detector = lfw_detector()
     photos = load_photos(root, 120)
     clips = {n: [compose(photos, n, i) for i in range(args.frames)] for n in (1, 3)}
     found = {n: float(np.mean([len(detector.detect(f)) for f in clips[n][:30]])) for n in (1, 3)}

@@ -25,9 +25,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, require_shared, summary_ms  # noqa: E402
-from bench.scene import build_served_models, compose, load_photos  # noqa: E402
-from expr_core.faces import make_detector  # noqa: E402
+from bench.common import machine, summary_ms  # noqa: E402
+from bench.scene import lfw_detector, build_served_models, compose, load_photos  # noqa: E402
 from expr_core.live import ExpressionPipeline  # noqa: E402
 from expr_core.serving import Classifier  # noqa: E402
 from expr_core.settings import load_settings  # noqa: E402
@@ -84,17 +83,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--fps", type=float, default=15)
     args = parser.parse_args()
-    root = require_shared("data/lfw-expressions")
-    settings = load_settings().with_(models_dir=root.parents[1] / "models", allow_downloads=False)
-    detector = make_detector("yunet", settings)
+    root, detector = lfw_detector()
+    quantized = load_settings().quantized_serving
     frames = [compose(load_photos(root, 60), 1, i) for i in range(60)]
     with tempfile.TemporaryDirectory() as tmp:
         build_served_models(Path(tmp))
-        classifier = Classifier.from_path(Path(tmp), quantized=settings.quantized_serving)
+        classifier = Classifier.from_path(Path(tmp), quantized=quantized)
         levels = [run_level(n, detector, classifier, frames, args.fps, args.seconds) for n in args.streams]
     held = [level["streams"] for level in levels if level["holds_target"]]
     print(json.dumps({"benchmark": "load", "machine": machine(), "target_fps": args.fps, "seconds_per_level": args.seconds,
-                      "model": "densenet201 96px, " + ("dynamic-range" if settings.quantized_serving else "float32"),
+                      "model": "densenet201 96px, " + ("dynamic-range" if quantized else "float32"),
                       "max_streams_at_target": max(held, default=0), "levels": levels}, indent=2))
 
 

@@ -29,6 +29,17 @@ def compose(photos: list[np.ndarray], n_faces: int, index: int) -> np.ndarray:
     return frame
 
 
+def lfw_detector() -> tuple[Path, object]:
+    """The LFW photo folder and the YuNet detector from the shared model folder (no downloads)."""
+    from bench.common import require_shared
+    from expr_core.faces import make_detector
+    from expr_core.settings import load_settings
+
+    root = require_shared("data/lfw-expressions")
+    settings = load_settings().with_(models_dir=root.parents[1] / "models", allow_downloads=False)
+    return root, make_detector("yunet", settings)
+
+
 def load_photos(root: Path, limit: int) -> list[np.ndarray]:
     paths = sorted(root.glob("*/*.jpg"))[:limit]
     return [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]

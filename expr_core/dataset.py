@@ -25,7 +25,7 @@ import time
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -83,7 +83,6 @@ class NewSample:
     captured_by: str = "anonymous"
     subject: str | None = None
     origin: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def new_id() -> str:

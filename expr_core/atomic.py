@@ -15,12 +15,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import DiskFull, disk_full, is_disk_full
+
 TMP_PREFIX = ".tmp-"
 
 
 @contextlib.contextmanager
 def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Yield a file object whose content replaces ``path`` only if the block completes."""
+    """Yield a file object whose content replaces ``path`` only if the block completes.
+
+    A full disk (in the block or while saving) raises :class:`~expr_core.errors.DiskFull`, a message for the user.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
@@ -30,9 +35,11 @@ def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if is_disk_full(exc) and not isinstance(exc, DiskFull):
+            raise disk_full(path) from exc
         raise
 
 

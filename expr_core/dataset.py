@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from . import atomic
-from .errors import DatasetError, InvalidLabel
+from .errors import DatasetError, DiskFull, InvalidLabel, disk_full, is_disk_full
 
 DEFAULT_LABELS = ("happy", "sad")
 SOURCES = ("webcam", "upload", "import", "review")
@@ -198,9 +198,19 @@ class DatasetStore:
         return self.images_dir / f"{sample if isinstance(sample, str) else sample.id}.jpg"
 
     def load_image(self, sample: Sample) -> np.ndarray:
-        image = cv2.imread(str(self.image_path(sample)), cv2.IMREAD_COLOR)
+        """The crop as BGR; :class:`DatasetError` naming the sample if its file is missing, truncated or garbage."""
+        path = self.image_path(sample)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DatasetError(f"Sample {sample.id} ({sample.label}) has an unreadable image file ({path}: "
+                               f"{exc.strerror or exc}).") from exc
+        # Every stored crop is a whole JPEG (written atomically), which ends with the EOI marker; OpenCV would
+        # decode a truncated one without complaint, as a partly grey picture.
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data.endswith(b"\xff\xd9") else None
         if image is None:
-            raise DatasetError(f"Sample {sample.id} ({sample.label}) has an unreadable image file.")
+            raise DatasetError(f"Sample {sample.id} ({sample.label}) has an unreadable image file ({path}: "
+                               f"{'truncated or ' if data else 'empty, '}not a complete JPEG).")
         return image
 
     def add_samples(self, items: list[NewSample]) -> list[Sample]:
@@ -215,19 +225,38 @@ class DatasetStore:
                     raise DatasetError(f"Unknown sample source {item.source!r}.")
             if not self._labels_file.exists():
                 atomic.write_json(self._labels_file, labels)
-            added = [self._write_image(item) for item in items]
-            text = "".join(json.dumps(asdict(s), ensure_ascii=False) + "\n" for s in added)
-            with open(self._manifest, "a+b") as handle:
-                if handle.seek(0, os.SEEK_END) > 0:
-                    handle.seek(-1, os.SEEK_END)
-                    if handle.read(1) != b"\n":
-                        # A crash mid-append left a torn last line: start a fresh line, or the first new
-                        # sample would be glued onto the torn one and skipped with it on read.
-                        text = "\n" + text
-                handle.write(text.encode("utf-8"))
-                handle.flush()
-                os.fsync(handle.fileno())
+            added: list[Sample] = []
+            size = None
+            try:
+                for item in items:
+                    added.append(self._write_image(item))
+                text = "".join(json.dumps(asdict(s), ensure_ascii=False) + "\n" for s in added)
+                with open(self._manifest, "a+b") as handle:
+                    size = handle.seek(0, os.SEEK_END)
+                    if size > 0:
+                        handle.seek(-1, os.SEEK_END)
+                        if handle.read(1) != b"\n":
+                            # A crash mid-append left a torn last line: start a fresh line, or the first new
+                            # sample would be glued onto the torn one and skipped with it on read.
+                            text = "\n" + text
+                    handle.write(text.encode("utf-8"))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except BaseException as exc:
+                self._undo_add(added, size)
+                if is_disk_full(exc) and not isinstance(exc, DiskFull):
+                    raise disk_full(self.root) from exc
+                raise
         return added
+
+    def _undo_add(self, added: list[Sample], manifest_size: int | None) -> None:
+        """After a failed add (a full disk, say): cut any partly appended lines, then remove the batch's images."""
+        if manifest_size is not None:
+            with contextlib.suppress(OSError), open(self._manifest, "r+b") as handle:
+                handle.truncate(manifest_size)  # shrinking a file never needs free space
+        for sample in added:
+            with contextlib.suppress(OSError):
+                self.image_path(sample).unlink()
 
     def _write_image(self, item: NewSample) -> Sample:
         ok, encoded = cv2.imencode(".jpg", item.image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])

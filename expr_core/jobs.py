@@ -65,6 +65,7 @@ WORKER_FILE, LOG_FILE, CANCEL_FILE = "worker.json", "worker.log", "cancel"
 LOCK_NAME = ".train.lock"
 LOG_TAIL_LINES = 15
 LAUNCH_GRACE_S = 30.0
+LOCK_SETTLE_S = 5.0  # how long a start waits for a lock that no active run explains (see acquire_lock)
 
 # Worker processes launched by this process, kept so they are reaped (no zombies) when they finish.
 _children: dict[str, subprocess.Popen] = {}
@@ -109,16 +110,24 @@ def acquire_lock(workspace: Path) -> int:
     folder = runs_dir(workspace)
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        running = active_run(workspace)
-        raise JobRunning(
-            f"A training run is already going on in this workspace ({running or 'starting'}); "
-            "wait for it to finish or cancel it first."
-        ) from None
-    return fd
+    deadline = time.monotonic() + LOCK_SETTLE_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            running = active_run(workspace)
+            # No active run but the lock is busy: a worker that just ended (or was killed: its main thread is
+            # already a zombie while its other threads still tear down its memory) or one being launched.
+            # Either settles within moments, so wait a little before refusing.
+            if running is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            os.close(fd)
+            raise JobRunning(
+                f"A training run is already going on in this workspace ({running or 'starting'}); "
+                "wait for it to finish or cancel it first."
+            ) from None
 
 
 @contextlib.contextmanager

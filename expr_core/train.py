@@ -336,7 +336,9 @@ def train_run(settings: Settings, config: TrainConfig, run_id: str, writer: jobs
     _phase(writer, "prepare", "Reading the dataset and building the network")
     split, excluded = _snapshot(store, config, writer)
     labels, size = split.labels, config.image_size
-    train, val = load_arrays(store, split.train, labels, size), load_arrays(store, split.val, labels, size)
+    both = load_arrays(store, split.train + split.val, labels, size)  # one pass: names every unreadable sample
+    n = len(split.train)
+    train, val = Arrays(both.x[:n], both.y[:n], split.train), Arrays(both.x[n:], both.y[n:], split.val)
     if config.weights == "none":
         writer.event("warning", message="Training without pretrained weights (weights 'none'): the base starts "
                      "from random values, so accuracy will be much lower than with ImageNet weights.")

@@ -51,7 +51,6 @@ class Network:
     head: keras.Model
     base: keras.Model
     backbone: str
-    pretrained: bool  # ImageNet or a weights file: its BatchNorm statistics are worth keeping
 
 
 def _densenet201(size: int, weights: str | None) -> keras.Model:
@@ -108,7 +107,7 @@ def build_network(backbone: str, n_labels: int, image_size: int, weights: str) -
     image = keras.Input((image_size, image_size, 3), name="image")
     x = preprocessing()(image) if preprocessing else image
     # training=False documents intent; Keras 3 overrides it during fit(), which is why set_phase()
-    # freezes the BatchNormalization layers of a pretrained base instead.
+    # also freezes every BatchNormalization layer.
     x = base(x, training=False)
     features = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     head_layers = [
@@ -124,22 +123,22 @@ def build_network(backbone: str, n_labels: int, image_size: int, weights: str) -
         model=keras.Model(image, probs, name=f"expression_{backbone}"),
         extractor=keras.Model(image, features, name="extractor"),
         head=keras.Model(feature_input, head_probs, name="head"),
-        base=base, backbone=backbone, pretrained=weights != "none",
+        base=base, backbone=backbone,
     )
     set_phase(network, fine_tune=False)
     return network
 
 
 def set_phase(network: Network, fine_tune: bool) -> None:
-    """Phase 1: base frozen. Phase 2: base trainable; a pretrained base's BatchNormalization stays in inference mode.
+    """Phase 1: base frozen. Phase 2: base trainable except BatchNormalization, which stays in inference mode.
 
     In Keras 3 a frozen BatchNormalization layer always uses its moving statistics, even inside fit();
-    that is the reliable way to keep pretrained statistics while the rest of the base fine-tunes. A base
-    with random weights has no statistics worth keeping (its moving mean/variance are still 0/1), so
-    there BatchNorm trains normally; otherwise training from scratch barely moves.
+    that is the reliable way to keep BN in inference mode while the rest of the base fine-tunes. (With
+    random weights, letting BN train was worse in a short phase 2 on FER2013: validation fell to chance,
+    because the moving statistics need far more steps to settle; see docs/benchmarks.md.)
     """
     network.base.trainable = fine_tune
-    if fine_tune and network.pretrained:
+    if fine_tune:
         for layer in network.base.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False

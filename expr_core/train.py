@@ -253,9 +253,14 @@ def train_head(net: Network, train: Arrays, val: Arrays, config: TrainConfig, wr
 
 
 def fine_tune(net: Network, train: Arrays, val: Arrays, config: TrainConfig, writer: jobs.JobWriter,
-              guard: CancelGuard) -> dict[str, list[float]]:
-    """Phase 2: the whole network (BatchNorm frozen) on augmented images at a very low learning rate."""
+              guard: CancelGuard, baseline: float | None) -> dict[str, list[float]]:
+    """Phase 2: the whole network (BatchNorm frozen) on augmented images at a very low learning rate.
+
+    If no phase-2 epoch beats ``baseline`` (phase 1's best validation accuracy), the phase-1 weights are
+    put back: with little data, fine-tuning can overfit, and the user should not get a worse model.
+    """
     _phase(writer, "finetune", "Phase 2: fine-tuning the whole network (the first batch builds the graph)")
+    phase1_weights = net.model.get_weights() if baseline is not None else None
     set_phase(net, fine_tune=True)
     _compile(net.model, config.lr_2)
     augment = augmentation(config.seed + 100)
@@ -273,6 +278,11 @@ def fine_tune(net: Network, train: Arrays, val: Arrays, config: TrainConfig, wri
     ]
     history = net.model.fit(train_data, validation_data=val_data, epochs=config.epochs_2, verbose=0,
                             shuffle=False, callbacks=callbacks)  # the dataset reshuffles itself each epoch
+    best = max(history.history["val_accuracy"])
+    if phase1_weights is not None and best < baseline:
+        net.model.set_weights(phase1_weights)
+        writer.event("warning", message=f"Phase 2 did not beat phase 1 on validation accuracy ({best:.3f} < "
+                     f"{baseline:.3f}), so the phase-1 model is kept.")
     return _history(history)
 
 
@@ -347,7 +357,8 @@ def train_run(settings: Settings, config: TrainConfig, run_id: str, writer: jobs
     if config.epochs_1:
         history["head"] = train_head(net, train, val, config, writer, guard, work)
     if config.epochs_2:
-        history["finetune"] = fine_tune(net, train, val, config, writer, guard)
+        baseline = max(history["head"]["val_accuracy"]) if "head" in history else None
+        history["finetune"] = fine_tune(net, train, val, config, writer, guard, baseline)
     _phase(writer, "convert", "Saving the model and converting it for serving")
     staged = registry.staging_dir(run_id)
     inference_copy(net).save(staged / KERAS_FILE)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine, summary_ms  # noqa: E402
-from bench.scene import lfw_detector, build_served_models, compose, load_photos  # noqa: E402
+from bench.scene import compose, lfw_detector, load_photos, served_model_folder  # noqa: E402
 from expr_core.live import ExpressionPipeline  # noqa: E402
 from expr_core.serving import Classifier  # noqa: E402
 from expr_core.settings import load_settings  # noqa: E402
@@ -86,10 +85,8 @@ def main() -> None:
     root, detector = lfw_detector()
     quantized = load_settings().quantized_serving
     frames = [compose(load_photos(root, 60), 1, i) for i in range(60)]
-    with tempfile.TemporaryDirectory() as tmp:
-        build_served_models(Path(tmp))
-        classifier = Classifier.from_path(Path(tmp), quantized=quantized)
-        levels = [run_level(n, detector, classifier, frames, args.fps, args.seconds) for n in args.streams]
+    classifier = Classifier.from_path(served_model_folder(), quantized=quantized)
+    levels = [run_level(n, detector, classifier, frames, args.fps, args.seconds) for n in args.streams]
     held = [level["streams"] for level in levels if level["holds_target"]]
     print(json.dumps({"benchmark": "load", "machine": machine(), "target_fps": args.fps, "seconds_per_level": args.seconds,
                       "model": "densenet201 96px, " + ("dynamic-range" if quantized else "float32"),

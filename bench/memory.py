@@ -74,16 +74,15 @@ def training_peak(workspace: Path, size: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", type=int, nargs="+", default=[48, 96, 160, 224])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[48, 96, 160, 224])
     parser.add_argument("--per-label", type=int, default=40)
     args = parser.parse_args()
     root = require_shared("data/lfw-expressions")
-    with tempfile.TemporaryDirectory() as tmp:
-        from bench.scene import build_served_models
+    from bench.scene import served_model_folder
 
-        build_served_models(Path(tmp) / "model")
-        result = {"capture_server_peak_rss_mb": server_peak(root, "-"),
-                  "serving_server_peak_rss_mb": server_peak(root, str(Path(tmp) / "model"))}
+    result = {"capture_server_peak_rss_mb": server_peak(root, "-"),
+              "serving_server_peak_rss_mb": server_peak(root, str(served_model_folder()))}
+    with tempfile.TemporaryDirectory() as tmp:
         workspace = Path(tmp) / "ws"
         for label in ("happy", "sad"):
             photos = sorted((root / label).glob("*.jpg"))[: args.per_label]

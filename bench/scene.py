@@ -59,3 +59,15 @@ def build_served_models(folder: Path):
     return model, timings
 
 
+def served_model_folder() -> Path:
+    """The served DenseNet201 files, converted once and kept in a cache (conversion takes minutes)."""
+    import os
+
+    from expr_core.registry import TFLITE_DYNAMIC_FILE
+
+    folder = Path(os.environ.get("EXPR_BENCH_CACHE", Path.home() / ".cache" / "expr-bench")) / f"densenet201-{SIZE}"
+    if not (folder / TFLITE_DYNAMIC_FILE).is_file():
+        build_served_models(folder)
+    return folder
+
+

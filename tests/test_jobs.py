@@ -33,11 +33,11 @@ def _events(workspace: Path, run_id: str) -> list[dict]:
     return jobs.read_events(jobs.run_dir(workspace, run_id))[0]
 
 
-def _wait_for(predicate, timeout_s: float = WAIT_S, what: str = "condition") -> None:
+def _wait_for(predicate, timeout_s: float = WAIT_S, what: str = "condition", poll_s: float = 0.2) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+        time.sleep(poll_s)
 
 
 def _fake_published_run(workspace: Path) -> str:
@@ -106,12 +106,14 @@ def test_one_job_per_workspace_and_cancel_stops_it(face_settings: Settings):
     assert not jobs.cancel(workspace, run_id)  # nothing left to cancel
 
 
-def test_a_killed_job_is_failed_changes_nothing_and_the_next_run_works(face_settings: Settings):
+def test_a_killed_job_is_failed_changes_nothing_and_the_next_run_works(face_settings: Settings, astronaut_bgr):
     workspace = face_settings.workspace
+    add_face_samples(workspace, astronaut_bgr, per_session=15)  # more batches per epoch, so the kill lands mid-epoch
     previous = _fake_published_run(workspace)
     dataset_before, active_before = snapshot(workspace / "dataset"), (workspace / ACTIVE_FILE).read_bytes()
     run_id = jobs.start_training(face_settings, TINY)
-    _wait_for(lambda: jobs.job_status(workspace, run_id)["state"] == "running", what="the worker to start")
+    _wait_for(lambda: any(e["type"] == "batch" for e in _events(workspace, run_id)), what="the first batch",
+              poll_s=0.02)
     pid = int(jobs.worker_identity(jobs.run_dir(workspace, run_id)).split(":")[0])
     os.kill(pid, signal.SIGKILL)
     _wait_for(lambda: jobs.job_status(workspace, run_id)["state"] == "failed", what="the failure to be noticed")

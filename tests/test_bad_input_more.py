@@ -1,0 +1,168 @@
+"""Bad input (issue 5 item 5), the cases tests/test_bad_input.py does not cover: training preconditions through
+the real training worker, model imports through the registry, and a video without faces.
+
+Each shows its clear message and that nothing was lost or written outside the workspace: the whole test
+folder (workspace, inputs, HOME, working folder) is compared byte for byte before and after; a failed run
+may add only its own status files, and Keras, imported by every worker, only its settings file in KERAS_HOME.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from expr_core import jobs
+from expr_core.dataset import DatasetStore, NewSample
+from expr_core.registry import Registry, RegistryError
+from expr_core.video_jobs import output_paths, start_video_job, video_jobs
+from tests.conftest import REPO, snapshot
+from tests.test_jobs import _fake_published_run
+from tests.test_train_split import TINY_ARGS, add_face_samples
+
+
+@pytest.fixture
+def outside(tmp_path) -> dict[str, str]:
+    """Environment for a worker: a HOME, working folder and Keras home of its own inside the test folder."""
+    folders = {name: tmp_path / name for name in ("home", "cwd", "keras")}
+    for folder in folders.values():
+        folder.mkdir()
+    return {"HOME": str(folders["home"]), "KERAS_HOME": str(folders["keras"]), "cwd": folders["cwd"]}
+
+
+def changed(before: dict, after: dict) -> set[str]:
+    return {k for k in before.keys() | after.keys() if before.get(k, 0) != after.get(k, 0)}
+
+
+def assert_only_run_files_changed(before: dict, after: dict, run_id: str) -> None:
+    allowed = {"keras/keras.json"}  # written by any `import keras`
+    for path in changed(before, after) - allowed:
+        assert path.startswith(f"ws/runs/{run_id}") or path in ("ws/runs", "ws/runs/.train.lock"), path
+    assert not Path(os.environ["EXPR_HOME"]).exists() and not Path(os.environ["EXPR_CACHE_DIR"]).exists()
+
+
+# -- training preconditions -------------------------------------------------------------------------
+def _crops(photo: np.ndarray, n: int) -> list[np.ndarray]:
+    return [cv2.resize(photo[40 + i: 240 + i, 150:350], (64, 64)) for i in range(n)]
+
+
+def one_label(ws: Path, photo: np.ndarray) -> list[str]:
+    DatasetStore(ws).add_samples([NewSample(c, "happy", "webcam", f"s{i % 3}") for i, c in enumerate(_crops(photo, 9))])
+    return ["at least two labels"]
+
+
+def too_few_samples(ws: Path, photo: np.ndarray) -> list[str]:
+    one_label(ws, photo)
+    DatasetStore(ws).add_samples([NewSample(c, "sad", "webcam", f"t{i}") for i, c in enumerate(_crops(photo, 2))])
+    return ["Cannot validate honestly", "'sad' has 2 sample"]
+
+
+def one_session(ws: Path, photo: np.ndarray) -> list[str]:
+    one_label(ws, photo)
+    DatasetStore(ws).add_samples([NewSample(c, "sad", "webcam", "only") for c in _crops(photo, 9)])
+    return ["Cannot validate honestly", "'sad' has all its samples from one"]
+
+
+def corrupt_files(ws: Path, photo: np.ndarray) -> list[str]:
+    samples = add_face_samples(ws, photo)
+    store = DatasetStore(ws)
+    cut, junk, empty = store.image_path(samples[1]), store.image_path(samples[10]), store.image_path(samples[-1])
+    cut.write_bytes(cut.read_bytes()[:700])  # truncated: OpenCV alone would decode it as a half-grey picture
+    junk.write_bytes(b"not a jpeg at all" * 20)
+    empty.write_bytes(b"")
+    return ["3 sample(s) cannot be read, so nothing was trained",
+            f"Sample {samples[1].id} (happy) has an unreadable image file ({cut}: truncated or not a complete JPEG)",
+            f"Sample {samples[10].id} (sad) has an unreadable image file",
+            f"Sample {samples[-1].id} (sad) has an unreadable image file ({empty}: empty, not a complete JPEG)",
+            "Delete these samples"]
+
+
+@pytest.mark.parametrize("make", [one_label, too_few_samples, one_session, corrupt_files])
+def test_training_that_cannot_start_says_why_and_changes_nothing(make, tmp_path, outside, run_cli, astronaut_bgr):
+    ws = tmp_path / "ws"
+    messages = make(ws, astronaut_bgr)
+    previous = _fake_published_run(ws)
+    before = snapshot(tmp_path)
+
+    done = run_cli("train", "--workspace", ws, *TINY_ARGS, "--json", timeout=600, **outside)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    status = jobs.job_status(ws, result["run_id"])
+    assert result["state"] == status["state"] == "failed"
+    for message in messages:
+        assert message in status["error"] and message in done.stderr
+    assert_only_run_files_changed(before, snapshot(tmp_path), result["run_id"])  # dataset byte for byte too
+    assert sorted(p.name for p in jobs.run_dir(ws, result["run_id"]).iterdir()) == [
+        "config.json", "events.jsonl", "status.json"]  # no model, no scratch folder
+    assert Registry(ws).active_id() == previous
+
+
+# -- model import -----------------------------------------------------------------------------------
+MAKE_MODELS = """
+import sys, keras
+for name, shape, outputs in [("gray.keras", (48, 48, 1), 2), ("three.keras", (48, 48, 3), 3)]:
+    inputs = keras.Input(shape)
+    keras.Model(inputs, keras.layers.Dense(outputs, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs))
+                ).save(sys.argv[1] + "/" + name)
+"""
+
+
+def test_importing_a_model_that_does_not_fit_says_why_and_writes_nothing(tmp_path, outside, astronaut_bgr,
+                                                                         monkeypatch):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": outside["HOME"], "KERAS_HOME": outside["KERAS_HOME"]}
+    subprocess.run([sys.executable, "-c", MAKE_MODELS, str(inputs)], env=env, check=True, capture_output=True,
+                   timeout=300)
+    (inputs / "notes.keras").write_text("not a model")
+    ws = tmp_path / "ws"
+    add_face_samples(ws, astronaut_bgr, sessions=1, per_session=1)
+    previous = _fake_published_run(ws)
+    for name in ("HOME", "KERAS_HOME"):  # the import worker inherits them
+        monkeypatch.setenv(name, outside[name])
+    before = snapshot(tmp_path)
+
+    registry = Registry(ws)
+    cases = [("gray.keras", r"input shape is \(None, 48, 48, 1\); expected square RGB"),
+             ("three.keras", "it has 3 outputs but 2 labels were given"),
+             ("notes.keras", "not a Keras model file")]
+    for name, message in cases:
+        with pytest.raises(RegistryError, match=message):
+            registry.import_keras(inputs / name, ["happy", "sad"])
+    assert changed(before, snapshot(tmp_path)) <= {"keras/keras.json"}  # not even a failed run is left
+    assert [r.run_id for r in registry.runs()] == [previous] and registry.active_id() == previous
+
+
+# -- a video without faces --------------------------------------------------------------------------
+def test_a_video_without_faces_is_processed_and_says_it_found_none(tiny_model, settings, tmp_path):
+    import av
+
+    registry = Registry(tiny_model)
+    clip = tmp_path / "wall.mp4"
+    with av.open(str(clip), "w") as out:
+        stream = out.add_stream("libx264", rate=15)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for i in range(20):
+            wall = np.full((240, 320, 3), 90 + i, np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(wall, format="bgr24")))
+        out.mux(stream.encode(None))
+    cfg = settings.with_(workspace=tmp_path / "ws", detector="haar")
+    job_id = start_video_job(cfg, "wall.mp4", clip.read_bytes(), registry.model_dir(registry.active_id()))
+    deadline = time.monotonic() + 240
+    while (status := dict(video_jobs(cfg.workspace))[job_id])["state"] in jobs.ACTIVE_STATES:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.3)
+    # Not an error: the video is annotated and its table says, with the count the Detect page shows, that no
+    # frame had a face.
+    assert status["state"] == "done" and not status.get("error"), status
+    assert (status["frames"], status["frames_with_faces"]) == (20, 0)
+    video, table = output_paths(cfg.workspace / "videos" / job_id)
+    assert video.stat().st_size > 0 and table.read_text().count("\n") == 1  # the header only
+    assert not list(cfg.workspace.rglob(".tmp-*"))

@@ -133,9 +133,16 @@ with video_tab:
                 st.session_state.video_job = start_video_job(cfg, clip.name, clip.getvalue(), model_dir)
     st.caption("Videos are processed in the background: you may leave the page; the result waits here.")
 
-    @st.fragment(run_every=1.0)
+    # Refresh every second only while a job runs: each refresh re-registers the download buttons' deferred
+    # files and revokes the old ones, so a click racing a refresh downloaded nothing ("Deferred file not found").
+    busy = any(status["state"] in ACTIVE_STATES for _, status in video_jobs(cfg.workspace)[:5])
+
+    @st.fragment(run_every=1.0 if busy else None)
     def video_jobs_view() -> None:
-        for job_id, status in video_jobs(cfg.workspace)[:5]:
+        listed = video_jobs(cfg.workspace)[:5]
+        if busy and not any(status["state"] in ACTIVE_STATES for _, status in listed):
+            st.rerun()  # all finished: show them without the refresh
+        for job_id, status in listed:
             with st.container(border=True):
                 show_video_job(job_id, status)
 

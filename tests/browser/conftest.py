@@ -162,11 +162,11 @@ def face_canvas(offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     return canvas
 
 
-def write_y4m(path: Path, seconds: float = CLIP_SECONDS) -> Path:
+def write_y4m(path: Path, seconds: float = CLIP_SECONDS, fps: int = FPS) -> Path:
     """Write the fake webcam clip: the face sways a few pixels (one full period per clip, so the loop is seamless)."""
-    frames = int(seconds * FPS)
+    frames = int(seconds * fps)
     with open(path, "wb") as out:
-        out.write(f"YUV4MPEG2 W{WIDTH} H{HEIGHT} F{FPS}:1 Ip A1:1 C420jpeg\n".encode())
+        out.write(f"YUV4MPEG2 W{WIDTH} H{HEIGHT} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
         for i in range(frames):
             phase = 2 * math.pi * i / frames
             frame = face_canvas((12 * math.sin(phase), 6 * math.sin(2 * phase)))
@@ -214,7 +214,14 @@ class StreamlitServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        """SIGTERM to the server's own process group, SIGKILL after 10 s."""
+        """SIGTERM to the server's own process group, SIGKILL after 10 s; then end the job workers (training,
+        video) it started, which run in sessions of their own so that they outlive a page reload."""
+        try:
+            self._stop_server()
+        finally:
+            stop_job_workers(self.workspace)
+
+    def _stop_server(self) -> None:
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
@@ -224,6 +231,30 @@ class StreamlitServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
+
+
+def stop_job_workers(workspace: Path, grace: float = 10.0) -> list[str]:
+    """SIGTERM (then SIGKILL) every live worker of the workspace's training runs and video jobs; returns
+    the folders whose worker had to be stopped. Workers are recognised by their recorded ``pid:start-time``
+    identity (``expr_core.jobs``), so an unrelated process with a recycled pid is never signalled."""
+    from expr_core import jobs
+
+    stopped = []
+    folders = [*Path(workspace, "runs").glob("*/"), *Path(workspace, "videos").glob("*/")]
+    for folder in folders:
+        if not jobs.worker_alive(folder):
+            continue
+        pid = int(jobs.worker_identity(folder).split(":")[0])
+        stopped.append(folder.name)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while jobs.worker_alive(folder) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if jobs.worker_alive(folder):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return stopped
 
 
 # Never inherited by the test server: app settings, and TURN credentials that would make it call out.
@@ -294,19 +325,44 @@ def app(streamlit_server: StreamlitServer, request: pytest.FixtureRequest, artif
 
 # -- the browser ------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def browser(webcam_clip: Path):
-    """Headless Debian Chromium with the fake webcam (never ``playwright install``)."""
+def playwright_driver():
+    """The one Playwright driver of the session (the sync API allows one per thread); every browser comes from it."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM, args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-video-capture={webcam_clip}"],
-            timeout=60_000,
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+        yield pw
+
+
+def launch_chromium(pw, clip: Path):
+    """Headless Debian Chromium whose webcam plays ``clip`` (never ``playwright install``)."""
+    return pw.chromium.launch(executable_path=CHROMIUM, timeout=60_000,
+                              args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-video-capture={clip}"])
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_driver, webcam_clip: Path):
+    """Headless Debian Chromium with the fake webcam (30 fps), shared by the session's tests."""
+    browser = launch_chromium(playwright_driver, webcam_clip)
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
+@pytest.fixture(scope="session")
+def webcam_clip_15fps(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same fake webcam at 15 frames per second (a typical webcam in dim light; half the server's work)."""
+    return write_y4m(tmp_path_factory.mktemp("webcam15") / "astronaut-15fps.y4m", fps=15)
+
+
+@pytest.fixture
+def browser_15fps(playwright_driver, webcam_clip_15fps: Path):
+    """A second Chromium whose webcam runs at 15 fps, for this test only."""
+    browser = launch_chromium(playwright_driver, webcam_clip_15fps)
+    try:
+        yield browser
+    finally:
+        browser.close()
 
 
 @pytest.fixture
@@ -330,6 +386,7 @@ def page(browser, request: pytest.FixtureRequest, artifacts: Path):
 
 # -- WebRTC helpers ---------------------------------------------------------------------------------
 WEBRTC_IFRAME = "iframe[title*='webrtc']"
+START_ACK_TIMEOUT = 20.0  # the longest a Start click may take to turn the button into Stop before we retry
 
 VIDEO_STATE_JS = """(video) => ({playing: !video.paused && video.readyState >= 2 && video.videoWidth > 0,
                                   time: video.currentTime, width: video.videoWidth, height: video.videoHeight})"""
@@ -369,12 +426,21 @@ def video_state(page) -> dict | None:
 
 def wait_playing(page, timeout: float = 20.0, settle: float = 2.0) -> bool:
     """True once the returned video has played and advanced for ``settle`` seconds; False when it does not
-    within ``timeout`` or the component shows Start again (streamlit-webrtc dropped the stream)."""
+    within ``timeout`` or the component shows Start again (streamlit-webrtc dropped the stream).
+
+    On a busy machine the component can keep showing Start for many seconds after the click (measured: 9 s
+    with a load average of 9) before it switches to Stop: that is not a drop, and clicking Start again then
+    starts a second connection that breaks both. Start counts as a drop only once Stop has been shown, or
+    when the click has not registered within :data:`START_ACK_TIMEOUT`.
+    """
     frame = webrtc_frame(page)
     clicked = time.monotonic()
     first: tuple[float, float] | None = None  # (wall clock, video time) of the first frame seen playing
+    left_start = False
     while time.monotonic() - clicked < timeout:
-        if time.monotonic() - clicked > 1.0 and _shows_start(frame):
+        if not _shows_start(frame):
+            left_start = True
+        elif left_start or time.monotonic() - clicked > START_ACK_TIMEOUT:
             return False
         state = video_state(page)
         if state and state["playing"]:
@@ -430,3 +496,173 @@ def wait_until() -> Callable[..., object]:
         raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last value: {last!r})")
 
     return wait
+
+
+# -- more servers, more pages, results --------------------------------------------------------------
+@pytest.fixture
+def server_factory(tmp_path: Path, request: pytest.FixtureRequest, artifacts: Path) -> Iterator[Callable[..., StreamlitServer]]:
+    """``server_factory(extra_env=None, prepare=None, secrets="")``: a fresh server with a workspace of its own
+    in the test's tmp folder; ``prepare(workspace)`` runs before the server starts (e.g. copy a trained model
+    in). Every server is stopped (with its job workers) at the end; logs go to the artifacts on failure."""
+    servers: list[StreamlitServer] = []
+
+    def make(extra_env: dict[str, str] | None = None, prepare: Callable[[Path], object] | None = None,
+             secrets: str = "") -> StreamlitServer:
+        root = tmp_path / f"server-{len(servers)}"
+        if prepare is not None:
+            (root / "workspace").parent.mkdir(parents=True, exist_ok=True)
+            prepare(root / "workspace")
+        server = start_streamlit(root, extra_env, secrets)
+        servers.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for i, server in enumerate(servers):
+            server.stop()
+            if _failed(request.node):
+                (artifacts / f"streamlit-{i}.log").write_text(server.log())
+
+
+@pytest.fixture
+def new_page(browser, request: pytest.FixtureRequest, artifacts: Path):
+    """``new_page(init_script=None, in_browser=None)``: another context and page (a separate browser session, like
+    another user's tab), in the session's browser unless ``in_browser`` is given; closed at the end, with a
+    screenshot and console log of each on failure."""
+    opened: list[tuple[object, object, list[str]]] = []
+
+    def make(init_script: str | None = None, in_browser=None):
+        context = (in_browser or browser).new_context(viewport={"width": 1440, "height": 1000})
+        context.set_default_timeout(30_000)
+        if init_script:
+            context.add_init_script(init_script)  # runs in every frame, the component's iframe included
+        page = context.new_page()
+        console: list[str] = []
+        page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+        opened.append((context, page, console))
+        return page
+
+    try:
+        yield make
+    finally:
+        for i, (context, page, console) in enumerate(opened):
+            if _failed(request.node):
+                with contextlib.suppress(Exception):
+                    page.screenshot(path=str(artifacts / f"failure-{i}.png"), full_page=True, timeout=10_000)
+                (artifacts / f"console-{i}.log").write_text("\n".join(console))
+            with contextlib.suppress(Exception):
+                context.close()
+
+
+@pytest.fixture
+def results(record_property, capsys) -> Callable[[str, object], None]:
+    """``results(name, value)``: a measured number, printed in the test output and kept as a JUnit property."""
+
+    def record(name: str, value: object) -> None:
+        record_property(name, value)
+        with capsys.disabled():
+            print(f"\n[result] {name} = {value}", end="")
+
+    return record
+
+
+# -- page helpers -----------------------------------------------------------------------------------
+def open_app_page(page, url: str, heading: str, timeout: float = 60.0) -> None:
+    """Go to ``url`` and wait for the page's title heading (the first script run can take a while)."""
+    page.goto(url)
+    page.get_by_role("heading", name=heading, exact=True).wait_for(timeout=timeout * 1000)
+
+
+def navigate(page, link: str, heading: str, tries: int = 3, timeout: float = 30.0) -> int:
+    """Click the sidebar link ``link`` until the page's ``heading`` shows; returns the clicks it took.
+
+    Seen once with a load average of 13: a click on Train while the Capture page's 0.5 s fragment was rerunning
+    did not navigate within 60 s. A user clicks again; so does this helper, and the count is reported.
+    """
+    for attempt in range(1, tries + 1):
+        page.get_by_test_id("stSidebarNav").get_by_role("link", name=link).click()
+        try:
+            page.get_by_role("heading", name=heading, exact=True).wait_for(timeout=timeout * 1000)
+            return attempt
+        except Exception:
+            if attempt == tries:
+                raise
+    raise AssertionError("unreachable")
+
+
+# Values of the st.metric elements labelled exactly ``label``, skipping stale ones: while a fragment or the page
+# reruns, Streamlit keeps the previous run's elements (data-stale="true") beside the new ones for a moment.
+METRIC_VALUES_JS = """(label) => [...document.querySelectorAll('[data-testid="stMetric"]')]
+    .filter(m => !m.closest('[data-stale="true"]'))
+    .filter(m => (m.querySelector('[data-testid="stMetricLabel"]')?.innerText || '').trim() === label)
+    .map(m => m.querySelector('[data-testid="stMetricValue"]').innerText.trim())"""
+
+
+def metric_value(page, label: str, timeout: float = 10.0) -> str:
+    """The value of the (one, current) ``st.metric`` labelled ``label``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        values = page.evaluate(METRIC_VALUES_JS, label)
+        if len(values) == 1:
+            return values[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected one current metric {label!r}, found {values}")
+        page.wait_for_timeout(100)
+
+
+def settle_number(page, label: str, value: float) -> None:
+    """Type into a number input and commit it (Enter), as a user does; this reruns the page."""
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    page.wait_for_function(
+        "([el, v]) => parseFloat(el.value) === v", arg=[box.element_handle(), value], timeout=10_000
+    )
+
+
+# -- reading a <video>'s pixels ---------------------------------------------------------------------
+# For each target RGB colour, the pixels within ``tol`` on every channel; and the share of the top ``band`` rows
+# within ``band_tol`` of ``band_rgb`` (the Detect page's status banner). Works for the WebRTC video and for a file's <video>.
+COLOR_STATS_JS = """(video, [targets, tol, band, bandRgb, bandTol]) => {
+    const canvas = document.createElement('canvas');
+    canvas.width = video.videoWidth; canvas.height = video.videoHeight;
+    if (!canvas.width || !canvas.height) return null;
+    const ctx = canvas.getContext('2d');
+    ctx.drawImage(video, 0, 0);
+    const data = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+    const near = (i, c, t) => Math.abs(data[i] - c[0]) <= t && Math.abs(data[i + 1] - c[1]) <= t
+                              && Math.abs(data[i + 2] - c[2]) <= t;
+    const counts = targets.map(() => 0);
+    let bandHits = 0;
+    const bandEnd = band * canvas.width * 4;
+    for (let i = 0; i < data.length; i += 4) {
+        for (let k = 0; k < targets.length; k++) if (near(i, targets[k], tol)) counts[k]++;
+        if (i < bandEnd && bandRgb && near(i, bandRgb, bandTol)) bandHits++;
+    }
+    return {counts, band: band ? bandHits / (band * canvas.width) : 0,
+            width: canvas.width, height: canvas.height};
+}"""
+
+
+def color_stats(video, targets_rgb: list[tuple[int, int, int]], tol: int = 40, band: int = 0,
+                band_rgb: tuple[int, int, int] | None = None, band_tol: int = 15) -> dict | None:
+    """:data:`COLOR_STATS_JS` on a ``<video>`` locator (None before its first frame)."""
+    return video.evaluate(COLOR_STATS_JS, [[list(c) for c in targets_rgb], tol, band,
+                                           list(band_rgb) if band_rgb else None, band_tol])
+
+
+def color_stats_np(bgr: np.ndarray, targets_rgb: list[tuple[int, int, int]], tol: int = 40, band: int = 0,
+                   band_rgb: tuple[int, int, int] | None = None, band_tol: int = 15) -> dict:
+    """The same counts on a BGR array (the raw fake-webcam frame), to show the colours come from the overlay."""
+    rgb = bgr[..., ::-1].astype(int)
+
+    def near(c, t):
+        return np.all(np.abs(rgb - np.array(c)) <= t, axis=-1)
+
+    return {"counts": [int(near(c, tol).sum()) for c in targets_rgb],
+            "band": float(near(band_rgb, band_tol)[:band].mean()) if band and band_rgb else 0.0}
+
+
+# Frames the <video> has decoded so far (Chromium's playback quality counters).
+FRAMES_JS = "(v) => { const q = v.getVideoPlaybackQuality(); return {frames: q.totalVideoFrames, dropped: q.droppedVideoFrames, t: performance.now()}; }"

@@ -20,7 +20,9 @@ from expr_core.dataset import DatasetStore
 from .conftest import (
     green_pixels,
     face_canvas,
+    metric_value,
     overlay_pixels,
+    settle_number,
     start_camera,
     start_streamlit,
     video_state,
@@ -29,11 +31,6 @@ from .conftest import (
 
 BURST = 10
 MIN_OVERLAY_PIXELS = 300  # the face box alone is ~2 x (75 + 95) x 2 px; the caption bar adds more
-
-
-def metric_value(page, label: str) -> str:
-    metric = page.get_by_test_id("stMetric").filter(has=page.get_by_test_id("stMetricLabel").get_by_text(label, exact=True))
-    return metric.get_by_test_id("stMetricValue").inner_text().strip()
 
 
 def sidebar_pages(page) -> list[str]:
@@ -46,16 +43,6 @@ def assert_app_navigation(page) -> None:
     listed = sidebar_pages(page)
     assert listed[:2] == ["Home", "Capture"], listed
     assert not {"camera", "common", "streamlit app"} & set(listed), f"helper modules listed as pages: {listed}"
-
-
-def settle_number(page, label: str, value: float) -> None:
-    """Type into a number input and commit it (Enter), as a user does; this reruns the page."""
-    box = page.get_by_label(label, exact=True)
-    box.fill(str(value))
-    box.press("Enter")
-    page.wait_for_function(
-        "([el, v]) => parseFloat(el.value) === v", arg=[box.element_handle(), value], timeout=10_000
-    )
 
 
 @pytest.mark.browser_timeout(240)

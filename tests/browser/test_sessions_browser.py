@@ -1,0 +1,189 @@
+"""Several people at once, and a remote-style (TURN) configuration, in a real browser.
+
+- Three browser sessions (separate contexts, like three people's tabs) stream the fake webcam (15 fps) through
+  the Capture page at the same time; every one of them gets processed frames back (the server's face box), and
+  the frame rate each one sees is reported.
+- With ICE servers configured (``EXPR_ICE_SERVERS``, TURN on 127.0.0.2 where nothing listens), the browser's
+  RTCPeerConnection gets exactly those servers; with none configured it gets an empty list: no public STUN
+  server is ever added. Nothing here reaches beyond loopback (the suite runs in a private network namespace).
+
+Run: ``scripts/in_netns.sh .venv/bin/python -m pytest tests/browser -v``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import (
+    FRAMES_JS,
+    WEBRTC_IFRAME,
+    open_app_page,
+    overlay_pixels,
+    start_camera,
+    video_state,
+    wait_playing,
+    webrtc_frame,
+)
+
+SESSIONS = 3
+MEASURE_SECONDS = 8.0
+MIN_OVERLAY_PIXELS = 300
+# Start to first frames took 4-23 s for the third stream with the machine loaded by others (load average 7);
+# a Stop/Start retry after a too-short wait only adds load.
+START_TIMEOUT = 45.0
+START_TRIES = 4
+MEASURE_ROUNDS = 2
+MIN_FPS_EACH = 1.0  # "receiving processed frames": each viewer's video keeps advancing (2 shared cores; see output)
+TURN = [{"urls": ["turn:127.0.0.2:3478"], "username": "u", "credential": "p"}]
+
+# Wraps RTCPeerConnection in every frame (the component's iframe included) to keep the configuration each call
+# passes and the one the created connection reports (getConfiguration(): what Chromium will really use).
+RECORD_RTC_JS = """(() => {
+    const Original = window.RTCPeerConnection;
+    if (!Original || Original.__recorded) return;
+    const calls = [];
+    window.__rtcCalls = calls;
+    function Recorded(config, ...rest) {
+        const pc = new Original(config, ...rest);
+        let effective = null;
+        try { effective = pc.getConfiguration().iceServers; } catch (e) { effective = String(e); }
+        calls.push({passed: config === undefined ? null : JSON.parse(JSON.stringify(config)), effective});
+        return pc;
+    }
+    Recorded.prototype = Original.prototype;
+    Object.setPrototypeOf(Recorded, Original);
+    Recorded.__recorded = true;
+    window.RTCPeerConnection = Recorded;
+    if (window.webkitRTCPeerConnection) window.webkitRTCPeerConnection = Recorded;
+})();"""
+
+
+def _frames(video) -> dict | None:
+    try:
+        return video.evaluate(FRAMES_JS, timeout=5_000)
+    except Exception:  # the stream dropped: the component removed its <video>
+        return None
+
+
+def measure_fps(pages: list, seconds: float) -> list[float | None]:
+    """Frames each page's returned video decoded per second, over the same ``seconds`` for all of them
+    (None for a page whose video vanished)."""
+    videos = [webrtc_frame(p).locator("video").first for p in pages]
+    first = [_frames(v) for v in videos]
+    time.sleep(seconds)
+    last = [_frames(v) for v in videos]
+    return [round((b["frames"] - a["frames"]) / ((b["t"] - a["t"]) / 1000), 1) if a and b else None
+            for a, b in zip(first, last)]
+
+
+def ensure_playing(page) -> int:
+    """Restart a session's camera if its stream dropped; returns the Start clicks it took (0: it was playing)."""
+    if (video_state(page) or {}).get("playing") and wait_playing(page, timeout=10, settle=1):
+        return 0
+    return start_camera(page, max_tries=START_TRIES, timeout=START_TIMEOUT)
+
+
+@pytest.mark.browser_timeout(420)
+def test_three_sessions_stream_at_once(app, browser_15fps, new_page, artifacts: Path, wait_until, results):
+    # 15 fps webcams (issue 5 counts 15 fps streams). Measured here: one 30 fps stream alone keeps ~1.1 cores of
+    # the server busy (30 fps back), one 15 fps stream ~0.8; three 30 fps streams kept dropping while other jobs
+    # loaded the machine (load average 9-10).
+    # Open the three sessions first (a page load is the heaviest thing the server does), then start the cameras.
+    pages = [new_page(in_browser=browser_15fps) for _ in range(SESSIONS)]
+    for page in pages:
+        open_app_page(page, app.url + "/capture", "Capture")
+    tries, alone = [], None
+    for i, page in enumerate(pages):
+        clicked = time.monotonic()
+        tries.append(start_camera(page, max_tries=START_TRIES, timeout=START_TIMEOUT))
+        results(f"sessions_start_seconds_{i + 1}", round(time.monotonic() - clicked, 1))
+        wait_until(lambda p=page: overlay_pixels(p)["green"] >= MIN_OVERLAY_PIXELS, 30,
+                   f"session {i + 1}: the server's face box in its returned video")
+        if i == 0:
+            alone = measure_fps(pages[:1], MEASURE_SECONDS / 2)[0]
+    results("sessions_fps_alone", alone)
+    results("sessions_start_tries", tries)
+
+    # All three at once. streamlit-webrtc's frontend stops the camera when ICE turns "disconnected" (the server,
+    # starved of CPU, answers consent checks late): restart such a stream and measure again, at most twice,
+    # reporting every restart.
+    rounds = []
+    for _ in range(MEASURE_ROUNDS):
+        restarts = [ensure_playing(page) for page in pages]
+        fps = measure_fps(pages, MEASURE_SECONDS)
+        playing = [bool((video_state(page) or {}).get("playing")) for page in pages]
+        rounds.append({"restarts": restarts, "fps": fps, "playing_after": playing})
+        if all(playing):
+            break
+    results("sessions_rounds", rounds)
+    for i, page in enumerate(pages):
+        page.screenshot(path=str(artifacts / f"session-{i + 1}.png"))
+    results("sessions_fps_each", fps)
+    results("sessions_fps_total", round(sum(f or 0 for f in fps), 1))
+    assert all(playing), f"a session stopped while the three streamed: {rounds}"
+    overlays = [overlay_pixels(page)["green"] for page in pages]
+    results("sessions_overlay_green_pixels", overlays)
+    assert all(n >= MIN_OVERLAY_PIXELS for n in overlays), overlays
+    assert all(f is not None and f >= MIN_FPS_EACH for f in fps), f"a session got almost no frames: {fps} fps"
+    for page in pages:
+        webrtc_frame(page).get_by_role("button", name="Stop", exact=True).click()
+
+
+def recorded_rtc_calls(page) -> dict[str, list[dict]]:
+    """The RTCPeerConnection calls recorded in each frame that made any: ``{frame url: calls}``."""
+    found = {}
+    for frame in page.frames:
+        try:
+            calls = frame.evaluate("window.__rtcCalls || []")
+        except Exception:  # a frame navigating away
+            continue
+        if calls:
+            found[frame.url] = calls
+    return found
+
+
+def start_and_read_config(page, url: str, wait_until) -> tuple[list[dict], dict]:
+    """Open Capture, click Start, and return the recorded calls of the component's frame plus what happened."""
+    open_app_page(page, url + "/capture", "Capture")
+    component = page.locator(WEBRTC_IFRAME).element_handle().content_frame()
+    assert component.evaluate("typeof window.__rtcCalls") == "object", "the recorder did not run in the iframe"
+    clicked = time.monotonic()
+    webrtc_frame(page).get_by_role("button", name="Start", exact=True).click()
+    wait_until(lambda: recorded_rtc_calls(page), 20, "an RTCPeerConnection to be created")
+    played = wait_playing(page, timeout=25, settle=1)
+    outcome = {"played": played, "seconds": round(time.monotonic() - clicked, 1)}
+    calls = recorded_rtc_calls(page)
+    assert list(calls) == [component.url], f"RTCPeerConnection made outside the component: {list(calls)}"
+    return calls[component.url], outcome
+
+
+@pytest.mark.browser_timeout(240)
+def test_browser_receives_exactly_the_configured_ice_servers(app, server_factory, new_page, artifacts: Path,
+                                                            wait_until, results):
+    # Remote-style: TURN servers from configuration (nothing listens on 127.0.0.2:3478, which is fine).
+    remote = server_factory(extra_env={"EXPR_ICE_SERVERS": json.dumps(TURN)})
+    page = new_page(RECORD_RTC_JS)
+    calls, outcome = start_and_read_config(page, remote.url, wait_until)
+    page.screenshot(path=str(artifacts / "turn-configured.png"))
+    results("ice_turn_configured_calls", calls)
+    results("ice_turn_configured_outcome", outcome)
+    assert [call["passed"]["iceServers"] for call in calls] == [TURN], calls
+    assert all(server["urls"] == TURN[0]["urls"] for call in calls for server in call["effective"]), calls
+    assert page.get_by_text("No ICE (STUN/TURN) servers are configured").count() == 0
+    if webrtc_frame(page).get_by_role("button", name="Stop", exact=True).count():
+        webrtc_frame(page).get_by_role("button", name="Stop", exact=True).click()
+
+    # Nothing configured: an empty list, no public STUN server added behind the user's back.
+    page = new_page(RECORD_RTC_JS)
+    calls, outcome = start_and_read_config(page, app.url, wait_until)
+    results("ice_unconfigured_calls", calls)
+    results("ice_unconfigured_outcome", outcome)
+    assert [call["passed"]["iceServers"] for call in calls] == [[]], calls
+    assert all(call["effective"] == [] for call in calls), calls
+    assert "stun:" not in json.dumps(calls).lower()
+    assert outcome["played"], "with no ICE servers the loopback call must still connect"
+    webrtc_frame(page).get_by_role("button", name="Stop", exact=True).click()

@@ -184,7 +184,8 @@ class ExpressionPipeline:
     def _draw(self, frame: np.ndarray, faces: list[Face], readings: list[FaceReading]) -> None:
         if readings:
             for face, reading in zip(faces, readings):
-                draw_face(frame, face, _label_color(reading.label), caption(reading.label, reading.confidence))
+                draw_face(frame, face, label_color(reading.label, self.classifier.labels),
+                          caption(reading.label, reading.confidence))
         else:
             for face in faces:
                 draw_face(frame, face, GREEN)
@@ -194,6 +195,6 @@ class ExpressionPipeline:
 _PALETTE = [(60, 180, 75), (200, 130, 0), (48, 48, 230), (180, 30, 145), (0, 190, 255), (128, 128, 0)]
 
 
-def _label_color(label: str) -> tuple[int, int, int]:
-    """A stable colour per label name (happy is always the same colour on every screen)."""
-    return _PALETTE[sum(label.encode("utf-8")) % len(_PALETTE)]
+def label_color(label: str, labels: list[str]) -> tuple[int, int, int]:
+    """The BGR colour of a label: its position in the model's labels, so every label of a model differs."""
+    return _PALETTE[labels.index(label) % len(_PALETTE)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from expr_core.faces import Face
-from expr_core.live import FaceTracker, FrameStats, caption, iou
+from expr_core.live import FaceTracker, FrameStats, caption, iou, label_color
 
 HAPPY, SAD = np.array([0.9, 0.1]), np.array([0.1, 0.9])
 
@@ -67,3 +67,8 @@ def test_frame_stats_and_caption():
         stats.add(i / 30, 0.010)
     assert abs(stats.fps - 30) < 1e-6 and abs(stats.latency_ms - 10) < 1e-9
     assert caption("happy", 0.87) == "happy 87% ####-"
+
+
+def test_every_label_of_a_model_has_its_own_colour():
+    labels = ["happy", "sad", "neutral", "surprised"]
+    assert len({label_color(label, labels) for label in labels}) == 4

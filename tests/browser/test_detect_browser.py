@@ -17,7 +17,7 @@ from pathlib import Path
 import av
 import pytest
 
-from expr_core.live import _label_color
+from expr_core.live import label_color
 from expr_core.registry import Registry
 
 from .conftest import (
@@ -39,7 +39,7 @@ MAX_SCREENSHOT_BYTES = 300_000
 
 def label_colors_rgb(labels: list[str]) -> list[tuple[int, int, int]]:
     """The overlay colour of each label (expr_core.live's palette is BGR), without duplicates."""
-    return sorted({tuple(reversed(_label_color(label))) for label in labels})
+    return sorted({tuple(reversed(label_color(label, list(labels)))) for label in labels})
 
 
 def overlay_evidence(stats: dict, raw: dict) -> bool:

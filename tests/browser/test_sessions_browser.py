@@ -36,7 +36,7 @@ MIN_OVERLAY_PIXELS = 300
 # a Stop/Start retry after a too-short wait only adds load.
 START_TIMEOUT = 45.0
 START_TRIES = 4
-MEASURE_ROUNDS = 2
+MEASURE_ROUNDS = 3
 MIN_FPS_EACH = 1.0  # "receiving processed frames": each viewer's video keeps advancing (2 shared cores; see output)
 TURN = [{"urls": ["turn:127.0.0.2:3478"], "username": "u", "credential": "p"}]
 

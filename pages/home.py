@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from expr_core.registry import Registry
 from pages import common
 
 common.page("pages/home.py")
@@ -32,8 +33,9 @@ with step2, st.container(border=True):
 with step3, st.container(border=True):
     st.subheader("3. Detect")
     st.write("Point the camera at faces: every face gets its expression and confidence, live.")
-    model = common.active_model()
-    st.caption(f"Active model: {model[0]} ({', '.join(model[1].labels)})" if model else "No trained model yet.")
+    registry = Registry(common.settings().workspace)
+    active = registry.active_id()  # only the name here: the model itself is loaded by the Detect page
+    st.caption(f"Active model: {active} ({', '.join(registry.labels(active))})" if active else "No trained model yet.")
     st.page_link("pages/detect.py", label="Open Detect", icon=":material/mood:")
 
 with st.expander("Privacy and your data"):

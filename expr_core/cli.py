@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from .live import FACES_PER_FRAME, STREAM_DETECT_SIDE, ExpressionPipeline
 from .errors import UserError
 from .settings import Settings, load_settings
 
@@ -86,14 +87,14 @@ def _classify_faces(classifier, image, faces, entries: list[dict], settings: Set
 
 def cmd_video(args: argparse.Namespace) -> int:
     """Annotate a video; with ``--job-dir`` (the app's worker) progress and the outcome go to that job folder."""
-    from .live import ExpressionPipeline
     from .video import process_video
 
     settings = _settings(args)
     writer = _job_writer(Path(args.job_dir)) if args.job_dir else None
     try:
         pipeline = ExpressionPipeline(_detector(settings), _open_classifier(args.model, args.labels),
-                                      settings.crop_margin, smoothing_s=args.smoothing)
+                                      settings.crop_margin, smoothing_s=args.smoothing,
+                                      detect_side=args.detect_side or None, faces_per_frame=args.faces_per_frame)
         cancel_file = Path(args.job_dir) / "cancel" if args.job_dir else None
 
         def progress(done: int, total: int) -> None:
@@ -407,6 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--model", required=True, help="run folder, .tflite or .keras file")
     video.add_argument("--labels", help="labels a,b,c for a model without labels.json beside it")
     video.add_argument("--smoothing", type=float, default=0.15, help="seconds of per-face smoothing (0: none)")
+    video.add_argument("--faces-per-frame", type=int, default=FACES_PER_FRAME,
+                       help="classify at most this many faces per frame, taking turns (0: every face)")
+    video.add_argument("--detect-side", type=int, default=STREAM_DETECT_SIDE,
+                       help="detect faces on frames shrunk to this long side (0: full size, for small faces)")
     video.add_argument("--job-dir", help=argparse.SUPPRESS)  # set when the app runs this as a background job
     _common(video, workspace=False)
     video.set_defaults(func=cmd_video)

@@ -25,7 +25,7 @@ from . import assets
 from .errors import ModelFileError
 from .settings import Settings
 
-# YuNet is run on frames no larger than this on their long side; boxes are scaled back.
+# YuNet runs on images no larger than this on their long side (larger ones are shrunk; boxes scaled back).
 YUNET_MAX_SIDE = 640
 
 
@@ -40,6 +40,14 @@ class Face:
     @property
     def area(self) -> int:
         return self.box[2] * self.box[3]
+
+    def scaled(self, factor: float, width: int, height: int) -> Face | None:
+        """This face in a frame ``factor`` times larger (``width`` x ``height``); ``None`` if it falls outside."""
+        box = _clip_box(*(v * factor for v in self.box), width, height)
+        if box is None:
+            return None
+        marks = None if self.landmarks is None else tuple((x * factor, y * factor) for x, y in self.landmarks)
+        return Face(box, self.score, marks)
 
 
 class FaceDetector(Protocol):
@@ -65,19 +73,19 @@ class YuNetDetector:
         self._lock = threading.Lock()
 
     def detect(self, bgr: np.ndarray) -> list[Face]:
+        if max(bgr.shape[:2]) > YUNET_MAX_SIDE:
+            return detect_downscaled(self, bgr, YUNET_MAX_SIDE)
         height, width = bgr.shape[:2]
-        scale = min(1.0, YUNET_MAX_SIDE / max(height, width))
-        small = bgr if scale == 1.0 else cv2.resize(bgr, (round(width * scale), round(height * scale)))
         with self._lock:
-            self._net.setInputSize((small.shape[1], small.shape[0]))
-            _, rows = self._net.detect(np.ascontiguousarray(small))
+            self._net.setInputSize((width, height))
+            _, rows = self._net.detect(np.ascontiguousarray(bgr))
         faces = []
         for row in [] if rows is None else rows:
             if not np.isfinite(row[:15]).all():
                 continue  # YuNet can emit garbage rows on degenerate (e.g. 1-pixel) inputs
-            box = _clip_box(*(row[:4] / scale), width, height)
+            box = _clip_box(*row[:4], width, height)
             if box is not None:
-                marks = tuple((float(row[4 + 2 * i] / scale), float(row[5 + 2 * i] / scale)) for i in range(5))
+                marks = tuple((float(row[4 + 2 * i]), float(row[5 + 2 * i])) for i in range(5))
                 faces.append(Face(box, float(row[14]), marks))
         return sorted(faces, key=lambda f: -f.score)
 
@@ -131,6 +139,21 @@ class HaarDetector:
             boxes = self._cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=6, minSize=(min_side, min_side))
         faces = [Face(tuple(int(v) for v in b), 1.0) for b in boxes]
         return sorted(faces, key=lambda f: -f.area)
+
+
+def detect_downscaled(detector: FaceDetector, bgr: np.ndarray, max_side: int | None) -> list[Face]:
+    """Detect on a copy at most ``max_side`` pixels on its long side; faces come back in frame pixels.
+
+    Detection cost grows with the pixel count while webcam faces are large, so live streams detect on a
+    smaller copy (crops are still cut from the full frame). ``None`` detects at full size.
+    """
+    height, width = bgr.shape[:2]
+    scale = 1.0 if max_side is None else min(1.0, max_side / max(height, width))
+    if scale == 1.0:
+        return detector.detect(bgr)
+    small = cv2.resize(bgr, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+    faces = (face.scaled(1 / scale, width, height) for face in detector.detect(small))
+    return [face for face in faces if face is not None]
 
 
 def make_detector(name: str, settings: Settings) -> FaceDetector:

@@ -21,8 +21,14 @@ from typing import Protocol
 
 import numpy as np
 
-from .faces import Face, FaceDetector, crop_face
+from .faces import Face, FaceDetector, crop_face, detect_downscaled
 from .overlay import GREEN, draw_banner, draw_face
+
+
+# Live streams and video files: detect on at most this long side (a 640x480 webcam frame: 480x360) ...
+STREAM_DETECT_SIDE = 480
+# ... and classify at most this many faces per frame, taking turns (measured in bench/live.py).
+FACES_PER_FRAME = 1
 
 
 class Classifier(Protocol):
@@ -47,17 +53,18 @@ def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
 
 @dataclass
 class Track:
-    """One face followed across frames, with its smoothed class probabilities."""
+    """One face followed across frames, with its smoothed class probabilities (``None`` until classified)."""
 
     id: int
     face: Face
-    probs: np.ndarray
     last_seen: float
+    probs: np.ndarray | None = None
+    classified_at: float = -math.inf
     hits: int = 1
 
 
 class FaceTracker:
-    """Greedy IoU matching of this frame's faces to the previous tracks, then per-track smoothing."""
+    """Greedy IoU matching of this frame's faces to the previous tracks, and per-track smoothing."""
 
     def __init__(self, smoothing_s: float = 0.15, min_iou: float = 0.3, forget_after_s: float = 0.5) -> None:
         self.smoothing_s = smoothing_s
@@ -66,24 +73,43 @@ class FaceTracker:
         self._tracks: list[Track] = []
         self._next_id = 1
 
-    def update(self, faces: list[Face], probs: np.ndarray, now: float) -> list[Track]:
-        """Tracks for this frame's faces, in the order of ``faces``."""
+    def match(self, faces: list[Face], now: float) -> list[Track]:
+        """Tracks for this frame's faces, in the order of ``faces``; unseen faces start new tracks."""
         unmatched = list(self._tracks)
         result = []
-        for face, p in zip(faces, probs):
+        for face in faces:
             best = max(unmatched, key=lambda t: iou(t.face.box, face.box), default=None)
             if best is not None and iou(best.face.box, face.box) >= self.min_iou:
                 unmatched.remove(best)
-                alpha = 1.0 if self.smoothing_s <= 0 else 1 - math.exp(-(now - best.last_seen) / self.smoothing_s)
-                best.probs = (1 - alpha) * best.probs + alpha * p
                 best.face, best.last_seen, best.hits = face, now, best.hits + 1
                 result.append(best)
             else:
-                result.append(Track(self._next_id, face, np.asarray(p, dtype=np.float64), now))
+                result.append(Track(self._next_id, face, now))
                 self._next_id += 1
-        kept = [t for t in unmatched if now - t.last_seen <= self.forget_after_s]
-        self._tracks = result + kept
+        self._tracks = result + [t for t in unmatched if now - t.last_seen <= self.forget_after_s]
         return result
+
+    def observe(self, track: Track, probs: np.ndarray, now: float) -> None:
+        """Blend a new classification into the track, weighted by the time since its previous one."""
+        probs = np.asarray(probs, dtype=np.float64)
+        if track.probs is None or self.smoothing_s <= 0:
+            track.probs = probs
+        else:
+            alpha = 1 - math.exp(-(now - track.classified_at) / self.smoothing_s)
+            track.probs = (1 - alpha) * track.probs + alpha * probs
+        track.classified_at = now
+
+
+def due_for_classification(tracks: list[Track], limit: int) -> list[Track]:
+    """The tracks to classify this frame: all when ``limit`` is 0, else at most ``limit``, unlabelled first.
+
+    With a limit, faces take turns (the longest-waiting first), so a frame with several faces costs
+    one or two classifier calls instead of one per face; each face is still refreshed several times a
+    second, and smoothing already averages over about that span.
+    """
+    if limit <= 0 or len(tracks) <= limit:
+        return list(tracks)
+    return sorted(tracks, key=lambda t: t.classified_at)[:limit]
 
 
 @dataclass
@@ -128,13 +154,21 @@ def caption(label: str, confidence: float) -> str:
 
 
 class ExpressionPipeline:
-    """Detect, classify (batched), track, smooth and draw; one instance per stream (it holds tracks)."""
+    """Detect, classify (batched), track, smooth and draw; one instance per stream (it holds tracks).
+
+    ``detect_side`` shrinks frames to at most that many pixels on their long side for detection only
+    (``None``: full size); ``faces_per_frame`` caps how many faces are classified per frame, taking
+    turns (0: every face, every frame). Single images use ``None`` and 0.
+    """
 
     def __init__(self, detector: FaceDetector, classifier: Classifier | None, margin: float = 0.2,
-                 smoothing_s: float = 0.15, clock: Callable[[], float] = time.monotonic) -> None:
+                 smoothing_s: float = 0.15, clock: Callable[[], float] = time.monotonic,
+                 detect_side: int | None = STREAM_DETECT_SIDE, faces_per_frame: int = FACES_PER_FRAME) -> None:
         self.detector = detector
         self.classifier = classifier
         self.margin = margin
+        self.detect_side = detect_side
+        self.faces_per_frame = faces_per_frame
         self.tracker = FaceTracker(smoothing_s)
         self.stats = FrameStats()
         # Called with the clean frame (before drawing) and its readings, e.g. to keep uncertain faces.
@@ -146,7 +180,7 @@ class ExpressionPipeline:
         self.tracker.smoothing_s = max(0.0, seconds)
 
     def classify(self, frame: np.ndarray, faces: list[Face]) -> np.ndarray:
-        """Probabilities for all faces of a frame in one batched call."""
+        """Probabilities for the given faces of a frame in one batched call."""
         if self.classifier is None or not faces:
             return np.zeros((len(faces), 0))
         size = self.classifier.input_size
@@ -156,39 +190,42 @@ class ExpressionPipeline:
         """Run the whole pipeline on a BGR frame (annotated in place when ``draw``).
 
         ``now`` is the frame's time in seconds (a video file's timestamp); live streams use the clock.
+        Returns a reading for every face that has been classified at least once.
         """
         start = time.perf_counter()
         stamp = self._clock() if now is None else now
         with self._lock:
-            faces = self.detector.detect(frame)
-            probs = self.classify(frame, faces)
-            readings = self._readings(faces, probs, stamp)
+            faces = detect_downscaled(self.detector, frame, self.detect_side)
+            tracks = self.tracker.match(faces, stamp)
+            if self.classifier is not None:
+                due = due_for_classification(tracks, self.faces_per_frame)
+                for track, probs in zip(due, self.classify(frame, [t.face for t in due])):
+                    self.tracker.observe(track, probs, stamp)
+            readings = self._readings(tracks)
             if self.on_readings is not None and readings:
                 self.on_readings(frame, readings)
             if draw:
-                self._draw(frame, faces, readings)
+                self._draw(frame, tracks)
             self.stats.add(stamp, time.perf_counter() - start)
         return readings
 
-    def _readings(self, faces: list[Face], probs: np.ndarray, now: float) -> list[FaceReading]:
-        if self.classifier is None:
-            return []
+    def _reading(self, track: Track) -> FaceReading:
         labels = self.classifier.labels
-        readings = []
-        for track in self.tracker.update(faces, probs, now):
-            top = int(np.argmax(track.probs))
-            readings.append(FaceReading(track.id, track.face.box, labels[top], float(track.probs[top]),
-                                        {label: round(float(v), 4) for label, v in zip(labels, track.probs)}))
-        return readings
+        top = int(np.argmax(track.probs))
+        return FaceReading(track.id, track.face.box, labels[top], float(track.probs[top]),
+                           {label: round(float(v), 4) for label, v in zip(labels, track.probs)})
 
-    def _draw(self, frame: np.ndarray, faces: list[Face], readings: list[FaceReading]) -> None:
-        if readings:
-            for face, reading in zip(faces, readings):
-                draw_face(frame, face, label_color(reading.label, self.classifier.labels),
+    def _readings(self, tracks: list[Track]) -> list[FaceReading]:
+        return [self._reading(t) for t in tracks if t.probs is not None] if self.classifier else []
+
+    def _draw(self, frame: np.ndarray, tracks: list[Track]) -> None:
+        for track in tracks:
+            if track.probs is None:
+                draw_face(frame, track.face, GREEN)
+            else:
+                reading = self._reading(track)
+                draw_face(frame, track.face, label_color(reading.label, self.classifier.labels),
                           caption(reading.label, reading.confidence))
-        else:
-            for face in faces:
-                draw_face(frame, face, GREEN)
         draw_banner(frame, f"{self.stats.fps:4.1f} fps  {self.stats.latency_ms:4.0f} ms", (60, 60, 60))
 
 

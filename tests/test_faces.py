@@ -17,6 +17,7 @@ from expr_core.faces import (
     YuNetDetector,
     crop_face,
     detect_and_crop,
+    detect_downscaled,
     make_detector,
     open_detector,
     pick_faces,
@@ -59,6 +60,23 @@ def test_yunet_scales_boxes_back_on_large_frames(yunet_settings, astronaut_bgr):
     faces = make_detector("yunet", yunet_settings).detect(big)
     assert len(faces) == 1
     assert iou(faces[0].box, tuple(2 * v for v in ASTRONAUT_FACE)) > 0.8, faces[0].box
+
+
+def test_detection_on_a_smaller_copy_returns_faces_in_frame_pixels(yunet_settings, astronaut_bgr):
+    detector = make_detector("yunet", yunet_settings)
+    full = detector.detect(astronaut_bgr)[0]
+    small = detect_downscaled(detector, astronaut_bgr, 256)  # half size
+    assert len(small) == 1 and iou(small[0].box, full.box) > 0.85, (small, full)
+    for (x, y), (fx, fy) in zip(small[0].landmarks, full.landmarks):
+        assert abs(x - fx) < 6 and abs(y - fy) < 6
+    assert detect_downscaled(detector, astronaut_bgr, None) == detector.detect(astronaut_bgr)
+
+
+def test_a_scaled_face_is_clipped_to_the_frame_or_dropped():
+    face = Face((10, 10, 20, 20), 0.9, ((15.0, 15.0),) * 5)
+    big = face.scaled(2, 50, 50)
+    assert big.box == (20, 20, 30, 30) and big.landmarks[0] == (30.0, 30.0) and big.score == 0.9
+    assert Face((60, 60, 10, 10), 0.9).scaled(1, 50, 50) is None
 
 
 def test_yunet_is_safe_to_share_between_threads(yunet_settings, astronaut_bgr):

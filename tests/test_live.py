@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from expr_core.faces import Face
-from expr_core.live import FaceTracker, FrameStats, caption, iou, label_color
+from expr_core.live import FaceTracker, FrameStats, Track, caption, due_for_classification, iou, label_color
 
 HAPPY, SAD = np.array([0.9, 0.1]), np.array([0.1, 0.9])
 
@@ -16,10 +16,18 @@ def test_iou():
     assert abs(iou((0, 0, 10, 10), (5, 0, 10, 10)) - 50 / 150) < 1e-9
 
 
+def _update(tracker: FaceTracker, faces: list[Face], probs: np.ndarray, now: float) -> list[Track]:
+    """One frame in which every face is classified."""
+    tracks = tracker.match(faces, now)
+    for track, p in zip(tracks, probs):
+        tracker.observe(track, p, now)
+    return tracks
+
+
 def _run(tracker: FaceTracker, probs_per_frame, fps: float = 30.0, box=(100, 100, 80, 80)):
     tracks = []
     for i, probs in enumerate(probs_per_frame):
-        tracks = tracker.update([Face(box, 0.9)], np.array([probs]), i / fps)
+        tracks = _update(tracker, [Face(box, 0.9)], np.array([probs]), i / fps)
     return tracks
 
 
@@ -28,7 +36,7 @@ def test_a_changed_expression_wins_within_half_a_second_at_default_smoothing():
     frames_to_switch = None
     for i in range(60):
         probs = HAPPY if i < 30 else SAD
-        (track,) = tracker.update([Face((100, 100, 80, 80), 0.9)], np.array([probs]), i / 30)
+        (track,) = _update(tracker, [Face((100, 100, 80, 80), 0.9)], np.array([probs]), i / 30)
         if i >= 30 and frames_to_switch is None and np.argmax(track.probs) == 1:
             frames_to_switch = i - 30
     assert frames_to_switch is not None and frames_to_switch / 30 <= 0.5
@@ -45,20 +53,49 @@ def test_a_single_frame_flicker_does_not_flip_the_label():
 def test_two_faces_keep_their_own_tracks_and_ids():
     tracker = FaceTracker()
     left, right = Face((10, 10, 50, 50), 0.9), Face((300, 10, 50, 50), 0.9)
-    first = tracker.update([left, right], np.array([HAPPY, SAD]), 0.0)
+    first = _update(tracker, [left, right], np.array([HAPPY, SAD]), 0.0)
     # next frame: faces reported in the other order and moved a little
     left2, right2 = Face((14, 12, 50, 50), 0.9), Face((296, 10, 50, 50), 0.9)
-    second = tracker.update([right2, left2], np.array([SAD, HAPPY]), 1 / 30)
+    second = _update(tracker, [right2, left2], np.array([SAD, HAPPY]), 1 / 30)
     assert [t.id for t in second] == [first[1].id, first[0].id]
     assert np.argmax(second[0].probs) == 1 and np.argmax(second[1].probs) == 0
 
 
 def test_a_face_that_leaves_is_forgotten_and_a_new_one_gets_a_new_id():
     tracker = FaceTracker(forget_after_s=0.5)
-    (a,) = tracker.update([Face((10, 10, 50, 50), 0.9)], np.array([HAPPY]), 0.0)
-    tracker.update([], np.zeros((0, 2)), 1.0)
-    (b,) = tracker.update([Face((10, 10, 50, 50), 0.9)], np.array([SAD]), 1.1)
+    (a,) = _update(tracker, [Face((10, 10, 50, 50), 0.9)], np.array([HAPPY]), 0.0)
+    _update(tracker, [], np.zeros((0, 2)), 1.0)
+    (b,) = _update(tracker, [Face((10, 10, 50, 50), 0.9)], np.array([SAD]), 1.1)
     assert b.id != a.id and np.allclose(b.probs, SAD)
+
+
+def test_faces_take_turns_when_classification_is_limited():
+    tracker = FaceTracker()
+    faces = [Face((10 + 200 * k, 10, 50, 50), 0.9) for k in range(3)]
+    picked = []
+    for frame in range(6):
+        now = frame / 30
+        tracks = tracker.match(faces, now)
+        due = due_for_classification(tracks, 1)
+        assert len(due) == 1
+        tracker.observe(due[0], HAPPY, now)
+        picked.append(due[0].id)
+    assert picked == [1, 2, 3, 1, 2, 3]  # unlabelled faces first, then the longest-waiting
+    assert due_for_classification(tracks, 0) == tracks and due_for_classification(tracks, 5) == tracks
+
+
+def test_smoothing_weighs_a_reading_by_the_time_since_the_previous_one():
+    """A face classified every third frame settles as fast, in seconds, as one classified every frame."""
+    every, third = FaceTracker(0.15), FaceTracker(0.15)
+    face = [Face((100, 100, 80, 80), 0.9)]
+    for i in range(45):
+        probs = HAPPY if i < 30 else SAD
+        _update(every, face, np.array([probs]), i / 30)
+        (track,) = third.match(face, i / 30)
+        if i % 3 == 0:
+            third.observe(track, probs, i / 30)
+    a, b = every.match(face, 1.5)[0].probs, third.match(face, 1.5)[0].probs
+    assert np.argmax(a) == np.argmax(b) == 1 and abs(a[1] - b[1]) < 0.05
 
 
 def test_frame_stats_and_caption():

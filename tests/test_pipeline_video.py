@@ -55,11 +55,16 @@ def write_clip(path: Path, frames: list[np.ndarray], fps: int = 15) -> Path:
     return path
 
 
-def test_every_face_of_a_frame_gets_a_label_in_one_batched_call(classifier, haar, astronaut_bgr, monkeypatch):
+def _counting(classifier, monkeypatch) -> list[int]:
     calls = []
     original = classifier.predict
     monkeypatch.setattr(classifier, "predict", lambda batch: calls.append(len(batch)) or original(batch))
-    pipeline = ExpressionPipeline(haar, classifier)
+    return calls
+
+
+def test_every_face_of_a_frame_gets_a_label_in_one_batched_call(classifier, haar, astronaut_bgr, monkeypatch):
+    calls = _counting(classifier, monkeypatch)
+    pipeline = ExpressionPipeline(haar, classifier, faces_per_frame=0)
     frame = scene(astronaut_bgr, 3)
     clean = frame.copy()
     readings = pipeline.process(frame)
@@ -71,6 +76,16 @@ def test_every_face_of_a_frame_gets_a_label_in_one_batched_call(classifier, haar
     # the same faces in the next frame keep their track ids
     again = pipeline.process(scene(astronaut_bgr, 3, shift=4))
     assert sorted(r.track_id for r in again) == sorted(r.track_id for r in readings)
+
+
+def test_with_one_face_per_frame_the_faces_take_turns(classifier, haar, astronaut_bgr, monkeypatch):
+    calls = _counting(classifier, monkeypatch)
+    pipeline = ExpressionPipeline(haar, classifier, faces_per_frame=1)
+    labelled = [len(pipeline.process(scene(astronaut_bgr, 3, shift=k))) for k in range(4)]
+    assert calls == [1, 1, 1, 1] and labelled == [1, 2, 3, 3]
+    first = ExpressionPipeline(haar, classifier, faces_per_frame=0).process(scene(astronaut_bgr, 3, shift=3))
+    last = pipeline.process(scene(astronaut_bgr, 3, shift=4))
+    assert sorted(r.label for r in last) == sorted(r.label for r in first)
 
 
 def test_uncertain_faces_are_kept_for_review_and_can_join_the_dataset(classifier, haar, astronaut_bgr, tmp_path):

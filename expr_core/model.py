@@ -30,6 +30,8 @@ from .errors import ModelFileError
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 HEAD_UNITS, HEAD_DROPOUT = 512, 0.3
+# BatchNorm momentum when a randomly initialised base trains in phase 2 (Keras default 0.99 lags too long).
+SCRATCH_BN_MOMENTUM = 0.9
 
 # Where each backbone's no-top ImageNet weights come from, for the message when they cannot be downloaded.
 WEIGHTS_URLS = {
@@ -51,6 +53,7 @@ class Network:
     head: keras.Model
     base: keras.Model
     backbone: str
+    pretrained: bool
 
 
 def _densenet201(size: int, weights: str | None) -> keras.Model:
@@ -123,25 +126,29 @@ def build_network(backbone: str, n_labels: int, image_size: int, weights: str) -
         model=keras.Model(image, probs, name=f"expression_{backbone}"),
         extractor=keras.Model(image, features, name="extractor"),
         head=keras.Model(feature_input, head_probs, name="head"),
-        base=base, backbone=backbone,
+        base=base, backbone=backbone, pretrained=weights != "none",
     )
     set_phase(network, fine_tune=False)
     return network
 
 
 def set_phase(network: Network, fine_tune: bool) -> None:
-    """Phase 1: base frozen. Phase 2: base trainable except BatchNormalization, which stays in inference mode.
+    """Phase 1: base frozen. Phase 2: base trainable; BatchNorm kept in inference mode for pretrained weights.
 
     In Keras 3 a frozen BatchNormalization layer always uses its moving statistics, even inside fit();
-    that is the reliable way to keep BN in inference mode while the rest of the base fine-tunes. (With
-    random weights, letting BN train was worse in a short phase 2 on FER2013: validation fell to chance,
-    because the moving statistics need far more steps to settle; see docs/benchmarks.md.)
+    that is the reliable way to keep pretrained statistics intact while the rest of the base fine-tunes.
+    A randomly initialised base has no statistics worth keeping (mean 0, variance 1 everywhere), and with
+    BatchNorm frozen it did not learn in phase 2 on FER2013 (docs/benchmarks.md); there BatchNorm trains,
+    with a short momentum so the statistics used for validation catch up within a few dozen batches.
     """
     network.base.trainable = fine_tune
-    if fine_tune:
-        for layer in network.base.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable = False
+    if not fine_tune:
+        return
+    for layer in network.base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = not network.pretrained
+            if not network.pretrained:
+                layer.momentum = SCRATCH_BN_MOMENTUM
 
 
 def augmentation(seed: int) -> keras.Sequential:

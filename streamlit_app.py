@@ -23,7 +23,11 @@ page = st.navigation(PAGES)
 common.mark_navigation_ready()
 common.follow_deep_link()
 with st.sidebar:
-    st.text_input("Your name", key="user_name", help="Saved with the samples you record.")
+    if common.logged_in():
+        st.caption(f"Signed in as **{common.user_name()}**; saved with the samples you record.")
+        st.button("Log out", on_click=st.logout)
+    else:
+        st.text_input("Your name", key="user_name", help="Saved with the samples you record.")
 # Remember which page the previous full run showed: the camera pages use it to tell a rerun of the
 # same page from a return after navigating away (see pages/camera.py).
 st.session_state["previous_page"] = st.session_state.get("current_page")

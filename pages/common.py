@@ -125,11 +125,17 @@ def detector() -> tuple[FaceDetector, str | None]:
     return _detector_for(cfg.detector, cfg)
 
 
+def logged_in() -> bool:
+    """Whether the visitor signed in with ``st.login`` (False when no login is configured)."""
+    with contextlib.suppress(Exception):
+        return bool(st.user.is_logged_in)
+    return False
+
+
 def user_name() -> str:
     """Who is using the app: the login identity when there is one, else the name the user typed."""
-    with contextlib.suppress(Exception):
-        if st.user.is_logged_in:
-            return str(st.user.get("email") or st.user.get("name"))
+    if logged_in():
+        return str(st.user.get("email") or st.user.get("name"))
     return st.session_state.get("user_name") or "anonymous"
 
 

@@ -1,4 +1,4 @@
-"""Access control: off by default, a shared team password when configured."""
+"""Access control: off by default, a shared team password or an OIDC login (st.login) when configured."""
 
 from __future__ import annotations
 
@@ -27,3 +27,27 @@ def test_team_password_gate(app, workspace):
     app.run()
     assert not app.exception
     assert [m.label for m in app.metric] == ["Samples"]  # the Home page
+
+
+OIDC = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x" * 32, "client_id": "studio",
+        "client_secret": "s", "server_metadata_url": "https://login.example.com/.well-known/openid-configuration"}
+
+
+def test_login_gate_shows_only_the_login_button_until_signed_in(app):
+    app.secrets["auth"] = OIDC
+    app.user = {"is_logged_in": False}
+    app.run()
+    assert not app.exception
+    assert [b.label for b in app.button] == ["Log in"]
+    assert not app.metric and not app.text_input  # nothing of the app before login
+
+
+def test_a_signed_in_user_is_named_by_their_login(app):
+    app.secrets["auth"] = OIDC
+    app.user = {"is_logged_in": True, "email": "ana@example.com", "name": "Ana"}
+    app.run()
+    assert not app.exception
+    assert [m.label for m in app.metric] == ["Samples"]  # the Home page
+    assert any("Signed in as **ana@example.com**" in c.value for c in app.sidebar.caption)
+    assert "Log out" in [b.label for b in app.sidebar.button]
+    assert not [t for t in app.sidebar.text_input if t.label == "Your name"]  # the login names the samples

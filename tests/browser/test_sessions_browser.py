@@ -3,6 +3,8 @@
 - Three browser sessions (separate contexts, like three people's tabs) stream the fake webcam (15 fps) through
   the Capture page at the same time; every one of them gets processed frames back (the server's face box), and
   the frame rate each one sees is reported.
+- A session that closes its tab gives back its camera worker: the server's media (UDP) sockets and threads
+  return to what they were, and its memory does not grow from one opened-and-closed session to the next.
 - With ICE servers configured (``EXPR_ICE_SERVERS``, TURN on 127.0.0.2 where nothing listens), the browser's
   RTCPeerConnection gets exactly those servers; with none configured it gets an empty list: no public STUN
   server is ever added. Nothing here reaches beyond loopback (the suite runs in a private network namespace).
@@ -17,6 +19,7 @@ import os
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from .conftest import (
@@ -136,6 +139,46 @@ def test_three_sessions_stream_at_once(app, browser_15fps, new_page, artifacts: 
     assert all(f is not None and f >= MIN_FPS_EACH for f in fps), f"a session got almost no frames: {fps} fps"
     for page in pages:
         webrtc_frame(page).get_by_role("button", name="Stop", exact=True).click()
+
+
+SESSION_TTL_S = 5  # server.disconnectedSessionTTL for this test (default 120 s): how long a closed tab's session waits
+TAB_CYCLES = 4
+# Memory after each closed session, measured: 260, 283, 315, 324, 302, 314, 306 MB over 7 cycles: the first
+# sessions warm caches and allocator arenas, then it stays flat. A session kept alive would add its page state
+# and frame buffers every cycle.
+RSS_GROWTH_LIMIT_MB = 60
+
+
+def media_sockets(process: psutil.Process) -> int:
+    """UDP sockets of the server: WebRTC's ICE/RTP transports (the server opens no others)."""
+    return len(process.net_connections(kind="udp"))
+
+
+@pytest.mark.browser_timeout(420)
+def test_closing_a_tab_releases_its_camera_worker_and_memory(server_factory, new_page, wait_until, results):
+    server = server_factory(extra_env={"STREAMLIT_SERVER_DISCONNECTED_SESSION_TTL": str(SESSION_TTL_S)})
+    process = psutil.Process(server.process.pid)
+    idle_sockets = media_sockets(process)
+    cycles = []
+    for cycle in range(TAB_CYCLES):
+        page = new_page()
+        open_app_page(page, server.url + "/capture", "Capture")
+        start_camera(page)
+        wait_until(lambda: overlay_pixels(page)["green"] >= MIN_OVERLAY_PIXELS, 30, "the server's face box")
+        streaming = {"sockets": media_sockets(process), "threads": process.num_threads()}
+        assert streaming["sockets"] > idle_sockets, "a streaming session must hold media sockets"
+        closed = time.monotonic()
+        page.context.close()  # the user closes the tab, without pressing Stop
+        wait_until(lambda: media_sockets(process) == idle_sockets, 60, "the closed tab's media sockets to close")
+        released_s = round(time.monotonic() - closed, 1)
+        time.sleep(SESSION_TTL_S + 3)  # the session itself (its page state) goes after the TTL
+        cycles.append({**streaming, "released_s": released_s, "threads_after": process.num_threads(),
+                       "rss_mb_after": round(process.memory_info().rss / 2**20)})
+    results("tab_close_cycles", cycles)
+    warm, last = cycles[1], cycles[-1]
+    assert last["threads_after"] <= cycles[0]["threads_after"] + 3, cycles  # no threads left behind per session
+    assert all(c["threads_after"] < c["threads"] for c in cycles), cycles  # the stream's threads ended
+    assert last["rss_mb_after"] - warm["rss_mb_after"] < RSS_GROWTH_LIMIT_MB, cycles
 
 
 def recorded_rtc_calls(page) -> dict[str, list[dict]]:

@@ -27,6 +27,11 @@ def test_detect_shows_the_active_model_and_its_tabs(app, workspace_with_model):
     assert any(run_id in c.value and "happy, sad" in c.value for c in app.caption)
     assert [t.label for t in app.tabs] == ["Live", "Images", "Video file"]
     assert [s.label for s in app.slider][:1] == ["Smoothing (seconds)"]
+    (per_frame,) = app.select_slider
+    assert per_frame.label == "Faces classified per frame" and per_frame.value == "1"
+    per_frame.set_value("all").run()
+    assert not app.exception
+    assert app.session_state["detect_pipeline"].faces_per_frame == 0  # 0: every face in every frame
 
 
 def test_train_page_reports_the_last_run(app, workspace_with_model):

@@ -35,6 +35,7 @@ BANNER_ROWS = 20  # the banner is ~35 px high at 640x480; its top rows are solid
 MIN_LABEL_PIXELS = 400  # box outline (~2 x (w + h) x 2 px) plus the filled caption bar
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshots" / "detect.png"
 MAX_SCREENSHOT_BYTES = 300_000
+STEADY_SAMPLES, STEADY_INTERVAL_MS = 10, 300
 
 
 def label_colors_rgb(labels: list[str]) -> list[tuple[int, int, int]]:
@@ -107,6 +108,15 @@ def test_live_detect_draws_the_overlay_and_shows_the_frame_rate(detect_server, p
     assert (stats["width"], stats["height"]) == (640, 480)
     page.screenshot(path=str(artifacts / "01-live.png"))
 
+    # The label holds steady on the (swaying) face: the dominant label colour never changes over 3 s.
+    label_of = {tuple(reversed(label_color(label, list(labels)))): label for label in labels}
+    dominant = []
+    for _ in range(STEADY_SAMPLES):
+        counts = color_stats(video, colors, band=BANNER_ROWS, band_rgb=BANNER_RGB)["counts"]
+        dominant.append(label_of[colors[counts.index(max(counts))]])
+        page.wait_for_timeout(STEADY_INTERVAL_MS)
+    assert len(set(dominant)) == 1, f"the label flickered: {dominant}"
+
     # The page's meter (a 1 s fragment) shows the server's frame rate.
     fps_text = wait_until(lambda: (t := metric_value(page, "Frame rate")) and float(t.split()[0]) > 0 and t, 15,
                           "a frame rate above 0 fps")
@@ -125,6 +135,7 @@ def test_live_detect_draws_the_overlay_and_shows_the_frame_rate(detect_server, p
     results("detect_page_load_to_overlay_seconds", round(time.monotonic() - loaded, 1))
     results("detect_overlay_pixels", {"label_colours": stats["counts"], "banner_share": round(stats["band"], 2),
                                       "raw_webcam": raw["counts"], "raw_banner_share": round(raw["band"], 2)})
+    results("detect_dominant_label_samples", dominant)
     results("detect_frame_rate", fps_text)
     results("detect_processing", latency_text)
     results("detect_screenshot_bytes", size)

@@ -66,7 +66,9 @@ with st.form("train_settings"):
 
 weights = weights_path.strip() if weights_choice == "file" else weights_choice
 if weights == "none":
-    st.warning("Without pretrained weights the network starts from random values: accuracy will be much lower.")
+    st.warning("Without pretrained weights the network starts from random values: accuracy will be much lower. "
+               "Phase 2 then trains every layer (BatchNorm included) from scratch: give it a higher learning rate "
+               "(about 0.001, under Advanced) and more epochs.")
 if start:
     with common.user_errors():
         check_trainable(store.samples(), [label for label, n in counts.items() if n])

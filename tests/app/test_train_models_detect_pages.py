@@ -44,4 +44,4 @@ def test_train_warns_when_training_without_weights(app, workspace):
     weights.set_value("none")
     next(b for b in app.button if b.label == "Start training").click()
     app.run()
-    assert any("random values" in w.value for w in app.warning)
+    assert any("random values" in w.value and "higher learning rate" in w.value for w in app.warning)

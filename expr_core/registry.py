@@ -93,6 +93,14 @@ class Registry:
             image_size=config.get("image_size"), error=status.get("error"), path=folder,
         )
 
+    def last_training_config(self) -> dict[str, Any]:
+        """The settings of the newest training run (imports have none), or ``{}``: the Train form starts
+        from them, because a user retraining after adding data usually wants the same settings."""
+        for run_id in jobs.run_ids(self.workspace):
+            if jobs.job_status(self.workspace, run_id).get("kind", "train") == "train":
+                return atomic.read_json(jobs.run_dir(self.workspace, run_id) / jobs.CONFIG_FILE, {}) or {}
+        return {}
+
     def model_dir(self, run_id: str) -> Path:
         return jobs.run_dir(self.workspace, run_id) / MODEL_DIR
 

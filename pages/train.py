@@ -41,27 +41,50 @@ if running:
     live(running)
     st.stop()
 
+remembered = registry.last_training_config()
+last = TrainConfig.from_dict(remembered)
+
+
+def choice(options: list, value, fallback):
+    """``value`` if the widget offers it (a CLI run may have used another size), else ``fallback``."""
+    return value if value in options else fallback
+
+
+def clamp(value: float, low: float, high: float) -> float:
+    """A remembered setting brought into the widget's range (CLI runs are not limited by the form)."""
+    return float(min(max(value, low), high))
+
+
 with st.form("train_settings"):
     st.subheader("New training run")
+    if remembered:
+        st.caption("Starts from the settings of the last run.")
     left, right = st.columns(2)
-    backbone = left.selectbox("Backbone", BACKBONES, help="DenseNet201 is the original network; MobileNetV3Small "
-                              "trains and serves much faster with lower accuracy.")
-    weights_choice = left.radio("Starting weights", ["imagenet", "none", "file"], horizontal=True,
+    backbone = left.selectbox("Backbone", BACKBONES, index=BACKBONES.index(choice(BACKBONES, last.backbone, "densenet201")),
+                              help="DenseNet201 is the original network; MobileNetV3Small trains and serves much "
+                                   "faster with lower accuracy.")
+    weights_options = ["imagenet", "none", "file"]
+    weights_choice = left.radio("Starting weights", weights_options, horizontal=True,
+                                index=weights_options.index(choice(weights_options, last.weights, "file")),
                                 help="ImageNet weights (about 80 MB) are downloaded once into the Keras cache. "
                                      "If this server has no internet the run fails and says how to supply them.")
-    weights_path = left.text_input("Weights file (for 'file')", placeholder="/path/densenet201_notop.h5")
-    image_size = right.select_slider("Input size (pixels)", [48, 64, 96, 128, 160, 224], value=96,
+    weights_path = left.text_input("Weights file (for 'file')", placeholder="/path/densenet201_notop.h5",
+                                   value="" if last.weights in weights_options else last.weights)
+    sizes, batches = [48, 64, 96, 128, 160, 224], [8, 16, 32, 64]
+    image_size = right.select_slider("Input size (pixels)", sizes, value=choice(sizes, last.image_size, 96),
                                      help="Larger is slower and needs more memory (224 px phase 2: about 9 GB).")
-    batch_size = right.select_slider("Batch size", [8, 16, 32, 64], value=32)
-    epochs_1 = right.number_input("Phase 1 epochs (base frozen; 0 = skip)", 0, 200, 30)
-    epochs_2 = right.number_input("Phase 2 epochs (fine-tune all; 0 = skip)", 0, 100, 10)
+    batch_size = right.select_slider("Batch size", batches, value=choice(batches, last.batch_size, 32))
+    epochs_1 = right.number_input("Phase 1 epochs (base frozen; 0 = skip)", 0, 200, min(last.epochs_1, 200))
+    epochs_2 = right.number_input("Phase 2 epochs (fine-tune all; 0 = skip)", 0, 100, min(last.epochs_2, 100))
     with st.expander("Advanced"):
         a, b, c = st.columns(3)
-        lr_1 = a.number_input("Phase 1 learning rate", 1e-5, 1e-1, 1e-3, format="%.5f")
-        lr_2 = b.number_input("Phase 2 learning rate", 1e-7, 1e-3, 2e-5, format="%.6f")
-        val_fraction = c.slider("Validation share", 0.1, 0.4, 0.2, 0.05)
-        feature_copies = a.number_input("Augmented copies for phase 1", 0, 8, 2)
-        quantize = b.checkbox("Also make a quantised (faster) serving file", value=True)
+        lr_1 = a.number_input("Phase 1 learning rate", 1e-5, 1e-1, clamp(last.lr_1, 1e-5, 1e-1),
+                              format="%.5f")
+        lr_2 = b.number_input("Phase 2 learning rate", 1e-7, 1e-3, clamp(last.lr_2, 1e-7, 1e-3),
+                              format="%.6f")
+        val_fraction = c.slider("Validation share", 0.1, 0.4, clamp(last.val_fraction, 0.1, 0.4), 0.05)
+        feature_copies = a.number_input("Augmented copies for phase 1", 0, 8, min(last.feature_copies, 8))
+        quantize = b.checkbox("Also make a quantised (faster) serving file", value=last.quantize)
     start = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
 
 weights = weights_path.strip() if weights_choice == "file" else weights_choice

@@ -146,3 +146,12 @@ def test_import_refuses_bad_label_lists_before_writing_anything(settings: Settin
     with pytest.raises(ImportRejected, match="already a label"):
         import_model(settings.workspace, keras_file((48, 48, 3), 2), ["happy", "Happy"])
     assert not jobs.runs_dir(settings.workspace).exists()
+
+
+def test_the_last_training_config_skips_imports(registry: Registry, monkeypatch: pytest.MonkeyPatch):
+    assert registry.last_training_config() == {}
+    ids = iter(["20261101-100000-aaaa", "20261101-110000-bbbb"])  # the import is the newer run
+    monkeypatch.setattr(jobs, "new_run_id", lambda: next(ids))
+    jobs.create_run(registry.workspace, {"backbone": "mobilenetv3small", "image_size": 64})
+    jobs.create_run(registry.workspace, {"imported_from": "x.keras", "image_size": 96}, kind="import")
+    assert registry.last_training_config() == {"backbone": "mobilenetv3small", "image_size": 64}

@@ -43,6 +43,18 @@ def test_train_page_reports_the_last_run(app, workspace_with_model):
     assert not app.exception
 
 
+def test_the_train_form_starts_from_the_last_runs_settings(app, workspace_with_model):
+    open_page(app, "pages/train.py")  # the tiny run: mobilenetv3small, weights none, 32 px, batch 8, 3 + 0 epochs
+    assert any("settings of the last run" in c.value for c in app.caption)
+    assert next(s for s in app.selectbox if s.label == "Backbone").value == "mobilenetv3small"
+    assert next(r for r in app.radio if r.label == "Starting weights").value == "none"
+    sliders = {s.label: s.value for s in app.select_slider}
+    assert sliders["Batch size"] == 8 and sliders["Input size (pixels)"] == 96  # 32 px is not offered: default
+    numbers = {n.label: n.value for n in app.number_input}
+    assert numbers["Phase 1 epochs (base frozen; 0 = skip)"] == 3
+    assert numbers["Phase 2 epochs (fine-tune all; 0 = skip)"] == 0
+
+
 def test_models_page_lists_activates_and_deletes(app, workspace_with_model):
     registry = Registry(workspace_with_model)
     (run,) = registry.runs()

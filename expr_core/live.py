@@ -147,6 +147,13 @@ class FaceReading:
     probs: dict[str, float]
 
 
+def banner_text(stats: FrameStats) -> str:
+    """The on-video meter; dashes until two frames give a rate (a first frame would claim "0.0 fps")."""
+    if not stats.fps:
+        return "-- fps  -- ms"
+    return f"{stats.fps:4.1f} fps  {stats.latency_ms:4.0f} ms"
+
+
 def caption(label: str, confidence: float) -> str:
     """``happy 87% ████░`` — a label with a small text bar, readable at a glance on video."""
     filled = int(round(confidence * 5))
@@ -226,7 +233,7 @@ class ExpressionPipeline:
                 reading = self._reading(track)
                 draw_face(frame, track.face, label_color(reading.label, self.classifier.labels),
                           caption(reading.label, reading.confidence))
-        draw_banner(frame, f"{self.stats.fps:4.1f} fps  {self.stats.latency_ms:4.0f} ms", (60, 60, 60))
+        draw_banner(frame, banner_text(self.stats), (60, 60, 60))
 
 
 _PALETTE = [(60, 180, 75), (200, 130, 0), (48, 48, 230), (180, 30, 145), (0, 190, 255), (128, 128, 0)]

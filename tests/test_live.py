@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from expr_core.faces import Face
-from expr_core.live import FaceTracker, FrameStats, Track, caption, due_for_classification, iou, label_color
+from expr_core.live import FaceTracker, FrameStats, Track, banner_text, caption, due_for_classification, iou, label_color
 
 HAPPY, SAD = np.array([0.9, 0.1]), np.array([0.1, 0.9])
 
@@ -100,9 +100,11 @@ def test_smoothing_weighs_a_reading_by_the_time_since_the_previous_one():
 
 def test_frame_stats_and_caption():
     stats = FrameStats()
+    assert banner_text(stats) == "-- fps  -- ms"  # no rate from a single frame
     for i in range(31):
         stats.add(i / 30, 0.010)
     assert abs(stats.fps - 30) < 1e-6 and abs(stats.latency_ms - 10) < 1e-9
+    assert banner_text(stats) == "30.0 fps    10 ms"
     assert caption("happy", 0.87) == "happy 87% ####-"
 
 

@@ -5,7 +5,8 @@ The model is DenseNet201 at 96x96 with the original head (weights none: same FLO
 served exactly as the app serves it (expr_core.live.ExpressionPipeline + expr_core.serving.Classifier,
 LiteRT, one batched call per frame). Rows: detection alone (at full 640 px and at the app's
 ``STREAM_DETECT_SIDE``); detection plus classification of every face in every frame; and the app's
-defaults (``FACES_PER_FRAME`` faces classified per frame, taking turns). The baseline is the
+defaults (``ClassifySchedule``: faces take turns for the classifier, each read at most 15 times a
+second). The baseline is the
 original script's way in the same run: detection, then ``model.predict`` once per face. Prints JSON.
 
     python bench/live.py [--frames 150] [--baseline-frames 40]
@@ -17,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -27,15 +29,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine, peak_rss_mb, summary_ms  # noqa: E402
 from bench.scene import LABELS, SIZE, compose, lfw_detector, load_photos, served_model_folder  # noqa: E402
 from expr_core.faces import crop_face, detect_downscaled  # noqa: E402
-from expr_core.live import FACES_PER_FRAME, STREAM_DETECT_SIDE, ExpressionPipeline  # noqa: E402
+from expr_core.live import EVERY_FACE, STREAM_DETECT_SIDE, ClassifySchedule, ExpressionPipeline  # noqa: E402
 from expr_core.serving import Classifier  # noqa: E402
 
+STREAM_FPS = 30
+
+
 def time_pipeline(pipeline: ExpressionPipeline, frames: list[np.ndarray]) -> dict:
-    pipeline.process(frames[0].copy())  # warm-up (allocations, first-call costs)
+    """Per-frame times; each frame is stamped as if it came from a 30 fps camera (what the schedule sees)."""
+    pipeline.process(frames[0].copy(), now=-1.0)  # warm-up (allocations, first-call costs)
     times = []
-    for frame in frames:
+    for i, frame in enumerate(frames):
         start = time.perf_counter()
-        pipeline.process(frame.copy())
+        pipeline.process(frame.copy(), now=i / STREAM_FPS)
         times.append(time.perf_counter() - start)
     return {"ms": summary_ms(times), "fps": round(len(times) / sum(times), 1)}
 
@@ -84,7 +90,7 @@ def main() -> None:
             "faces_detected_per_frame_at_app_detect_side": found[n],
             "detect_only_full_640": run(frames, None, detect_side=None),
             "detect_only": run(frames, None),
-            **{f"detect_classify_{name}_every_face": run(frames, clf, faces_per_frame=0) for name, clf in served.items()},
+            **{f"detect_classify_{name}_every_face": run(frames, clf, schedule=EVERY_FACE) for name, clf in served.items()},
             **{f"detect_classify_{name}_app_default": run(frames, clf) for name, clf in served.items()},
             "original_per_face_predict": time_original(detector, model, clips[n][: args.baseline_frames], 0.2),
         }
@@ -93,7 +99,7 @@ def main() -> None:
             if name.startswith("detect_classify_"):
                 row[f"speedup_{name[16:]}_vs_original"] = round(row[name]["fps"] / row["original_per_face_predict"]["fps"], 1)
     print(json.dumps({"benchmark": "live", "machine": machine(), "frame": "640x480",
-                      "app_defaults": {"detect_side": STREAM_DETECT_SIDE, "faces_per_frame": FACES_PER_FRAME},
+                      "app_defaults": {"detect_side": STREAM_DETECT_SIDE, **asdict(ClassifySchedule())},
                       "model": f"densenet201 {SIZE}px weights none",
                       "frames": args.frames, "baseline_frames": args.baseline_frames,
                       "peak_rss_mb": peak_rss_mb(), "results": results}, indent=2))

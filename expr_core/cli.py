@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .live import FACES_PER_FRAME, STREAM_DETECT_SIDE, ExpressionPipeline
+from .live import FACES_PER_FRAME, MAX_READS_PER_S, STREAM_DETECT_SIDE, ClassifySchedule, ExpressionPipeline
 from .errors import UserError
 from .settings import Settings, load_settings
 
@@ -94,7 +94,8 @@ def cmd_video(args: argparse.Namespace) -> int:
     try:
         pipeline = ExpressionPipeline(_detector(settings), _open_classifier(args.model, args.labels),
                                       settings.crop_margin, smoothing_s=args.smoothing,
-                                      detect_side=args.detect_side or None, faces_per_frame=args.faces_per_frame)
+                                      detect_side=args.detect_side or None,
+                                      schedule=ClassifySchedule(args.faces_per_frame, args.reads_per_second))
         cancel_file = Path(args.job_dir) / "cancel" if args.job_dir else None
 
         def progress(done: int, total: int) -> None:
@@ -409,7 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--labels", help="labels a,b,c for a model without labels.json beside it")
     video.add_argument("--smoothing", type=float, default=0.15, help="seconds of per-face smoothing (0: none)")
     video.add_argument("--faces-per-frame", type=int, default=FACES_PER_FRAME,
-                       help="classify at most this many faces per frame, taking turns (0: every face)")
+                       help="classify at most this many faces per frame, taking turns (0: no limit)")
+    video.add_argument("--reads-per-second", type=float, default=MAX_READS_PER_S,
+                       help="classify each face at most this often (0: every frame)")
     video.add_argument("--detect-side", type=int, default=STREAM_DETECT_SIDE,
                        help="detect faces on frames shrunk to this long side (0: full size, for small faces)")
     video.add_argument("--job-dir", help=argparse.SUPPRESS)  # set when the app runs this as a background job

@@ -13,7 +13,7 @@ import streamlit as st
 from expr_core.errors import UserError
 from expr_core.jobs import ACTIVE_STATES, request_cancel, run_cli
 from expr_core.images import decode_image
-from expr_core.live import FACES_PER_FRAME, ExpressionPipeline
+from expr_core.live import EVERY_FACE, FACES_PER_FRAME, ClassifySchedule, ExpressionPipeline
 from expr_core.review import ReviewQueue, UncertainFaceKeeper
 from expr_core.video_jobs import VIDEO_SUFFIXES, delete_video_job, job_dir, output_paths, start_video_job, video_jobs
 from expr_core.registry import Registry
@@ -76,9 +76,9 @@ with live_tab:
         pipeline.set_smoothing(smoothing)
         per_frame = st.select_slider(
             "Faces classified per frame", ["1", "2", "3", "all"], str(FACES_PER_FRAME),
-            help="With several faces, they take turns: each is still re-read several times a second, and the "
-                 "frame rate stays up. 'all' classifies every face in every frame.")
-        pipeline.faces_per_frame = 0 if per_frame == "all" else int(per_frame)
+            help="With several faces, they take turns, and each face is re-read at most 15 times a second: the "
+                 "labels look the same and the frame rate stays up. 'all' classifies every face in every frame.")
+        pipeline.schedule = EVERY_FACE if per_frame == "all" else ClassifySchedule(int(per_frame))
         keep = st.toggle("Keep uncertain faces for review",
                          help="Faces the model is unsure about are saved so you can label them on the Capture page.")
         threshold = st.slider("Uncertain below", 0.5, 0.99, 0.7, 0.01, disabled=not keep)
@@ -112,7 +112,7 @@ with images_tab:
             st.error(str(exc))
             continue
         readings = ExpressionPipeline(detector, classifier, cfg.crop_margin, smoothing_s=0, detect_side=None,
-                                      faces_per_frame=0).process(image)
+                                      schedule=EVERY_FACE).process(image)
         st.image(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), caption=f"{upload.name}: {len(readings)} face(s)")
         if readings and st.toggle("Why? Show what drove each prediction", key=f"why-{upload.name}"):
             with common.user_errors():

@@ -5,7 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 from expr_core.faces import Face
-from expr_core.live import FaceTracker, FrameStats, Track, banner_text, caption, due_for_classification, iou, label_color
+from expr_core.live import (
+    EVERY_FACE,
+    ClassifySchedule,
+    FaceTracker,
+    FrameStats,
+    Track,
+    banner_text,
+    caption,
+    iou,
+    label_color,
+)
 
 HAPPY, SAD = np.array([0.9, 0.1]), np.array([0.1, 0.9])
 
@@ -69,19 +79,33 @@ def test_a_face_that_leaves_is_forgotten_and_a_new_one_gets_a_new_id():
     assert b.id != a.id and np.allclose(b.probs, SAD)
 
 
-def test_faces_take_turns_when_classification_is_limited():
+def _schedule_run(schedule: ClassifySchedule, n_faces: int, frames: int, fps: float = 30) -> list[list[int]]:
+    """The track ids the schedule picks in each frame of a stream with ``n_faces`` still faces."""
     tracker = FaceTracker()
-    faces = [Face((10 + 200 * k, 10, 50, 50), 0.9) for k in range(3)]
+    faces = [Face((10 + 200 * k, 10, 50, 50), 0.9) for k in range(n_faces)]
     picked = []
-    for frame in range(6):
-        now = frame / 30
-        tracks = tracker.match(faces, now)
-        due = due_for_classification(tracks, 1)
-        assert len(due) == 1
-        tracker.observe(due[0], HAPPY, now)
-        picked.append(due[0].id)
-    assert picked == [1, 2, 3, 1, 2, 3]  # unlabelled faces first, then the longest-waiting
-    assert due_for_classification(tracks, 0) == tracks and due_for_classification(tracks, 5) == tracks
+    for frame in range(frames):
+        now = frame / fps
+        due = schedule.due(tracker.match(faces, now), now)
+        for track in due:
+            tracker.observe(track, HAPPY, now)
+        picked.append([t.id for t in due])
+    return picked
+
+
+def test_faces_take_turns_when_classification_is_limited():
+    assert _schedule_run(ClassifySchedule(1, max_hz=0), 3, 6) == [[1], [2], [3], [1], [2], [3]]  # new, then oldest
+    assert _schedule_run(ClassifySchedule(2, max_hz=0), 3, 4) == [[1, 2], [3, 1], [2, 3], [1, 2]]  # fair turns
+    assert _schedule_run(EVERY_FACE, 3, 2) == [[1, 2, 3], [1, 2, 3]]
+
+
+def test_each_face_is_read_at_most_max_hz_times_a_second():
+    # 30 fps, one face, at most 15 reads a second: every other frame.
+    assert _schedule_run(ClassifySchedule(1, max_hz=15), 1, 6) == [[1], [], [1], [], [1], []]
+    # 60 fps video: every fourth frame.
+    assert sum(map(len, _schedule_run(ClassifySchedule(1, max_hz=15), 1, 60, fps=60))) == 15
+    # three faces at 30 fps, one per frame: the turn limit (10 reads a second each) is the tighter one.
+    assert _schedule_run(ClassifySchedule(1, max_hz=15), 3, 6) == [[1], [2], [3], [1], [2], [3]]
 
 
 def test_smoothing_weighs_a_reading_by_the_time_since_the_previous_one():

@@ -14,7 +14,7 @@ import pytest
 
 from expr_core import jobs
 from expr_core.errors import BadInput
-from expr_core.live import ExpressionPipeline
+from expr_core.live import EVERY_FACE, ClassifySchedule, ExpressionPipeline
 from expr_core.registry import Registry
 from expr_core.review import ReviewQueue, UncertainFaceKeeper
 from expr_core.dataset import DatasetStore
@@ -64,7 +64,7 @@ def _counting(classifier, monkeypatch) -> list[int]:
 
 def test_every_face_of_a_frame_gets_a_label_in_one_batched_call(classifier, haar, astronaut_bgr, monkeypatch):
     calls = _counting(classifier, monkeypatch)
-    pipeline = ExpressionPipeline(haar, classifier, faces_per_frame=0)
+    pipeline = ExpressionPipeline(haar, classifier, schedule=EVERY_FACE)
     frame = scene(astronaut_bgr, 3)
     clean = frame.copy()
     readings = pipeline.process(frame)
@@ -80,10 +80,10 @@ def test_every_face_of_a_frame_gets_a_label_in_one_batched_call(classifier, haar
 
 def test_with_one_face_per_frame_the_faces_take_turns(classifier, haar, astronaut_bgr, monkeypatch):
     calls = _counting(classifier, monkeypatch)
-    pipeline = ExpressionPipeline(haar, classifier, faces_per_frame=1)
+    pipeline = ExpressionPipeline(haar, classifier, schedule=ClassifySchedule(1, max_hz=0))
     labelled = [len(pipeline.process(scene(astronaut_bgr, 3, shift=k))) for k in range(4)]
     assert calls == [1, 1, 1, 1] and labelled == [1, 2, 3, 3]
-    first = ExpressionPipeline(haar, classifier, faces_per_frame=0).process(scene(astronaut_bgr, 3, shift=3))
+    first = ExpressionPipeline(haar, classifier, schedule=EVERY_FACE).process(scene(astronaut_bgr, 3, shift=3))
     last = pipeline.process(scene(astronaut_bgr, 3, shift=4))
     assert sorted(r.label for r in last) == sorted(r.label for r in first)
 

@@ -8,7 +8,7 @@ import cv2
 import pytest
 
 from expr_core.dataset import DatasetStore
-from expr_core.live import FaceReading
+from expr_core.live import EVERY_FACE, FaceReading
 from expr_core.registry import Registry
 from expr_core.review import ReviewQueue
 from tests.app.conftest import open_page
@@ -31,7 +31,7 @@ def test_detect_shows_the_active_model_and_its_tabs(app, workspace_with_model):
     assert per_frame.label == "Faces classified per frame" and per_frame.value == "1"
     per_frame.set_value("all").run()
     assert not app.exception
-    assert app.session_state["detect_pipeline"].faces_per_frame == 0  # 0: every face in every frame
+    assert app.session_state["detect_pipeline"].schedule == EVERY_FACE
 
 
 def test_train_page_reports_the_last_run(app, workspace_with_model):

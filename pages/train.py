@@ -72,7 +72,7 @@ with st.form("train_settings"):
                                    value="" if last.weights in weights_options else last.weights)
     sizes, batches = [48, 64, 96, 128, 160, 224], [8, 16, 32, 64]
     image_size = right.select_slider("Input size (pixels)", sizes, value=choice(sizes, last.image_size, 96),
-                                     help="Larger is slower and needs more memory (224 px phase 2: about 9 GB).")
+                                     help="Larger is slower and needs more memory (training at 224 px: about 5.4 GB).")
     batch_size = right.select_slider("Batch size", batches, value=choice(batches, last.batch_size, 32))
     epochs_1 = right.number_input("Phase 1 epochs (base frozen; 0 = skip)", 0, 200, min(last.epochs_1, 200))
     epochs_2 = right.number_input("Phase 2 epochs (fine-tune all; 0 = skip)", 0, 100, min(last.epochs_2, 100))

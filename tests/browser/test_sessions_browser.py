@@ -5,7 +5,7 @@
   the frame rate each one sees is reported.
 - A session that closes its tab gives back its camera worker: the server's media (UDP) sockets and threads
   return to what they were, and its memory does not grow from one opened-and-closed session to the next.
-- With ICE servers configured (``EXPR_ICE_SERVERS``, TURN on 127.0.0.2 where nothing listens), the browser's
+- With ICE servers configured (``ice_servers`` in secrets.toml, TURN on 127.0.0.2 where nothing listens), the browser's
   RTCPeerConnection gets exactly those servers; with none configured it gets an empty list: no public STUN
   server is ever added. Nothing here reaches beyond loopback (the suite runs in a private network namespace).
 
@@ -43,6 +43,12 @@ START_TRIES = 4
 MEASURE_ROUNDS = 3
 MIN_FPS_EACH = 1.0  # "receiving processed frames": each viewer's video keeps advancing (2 shared cores; see output)
 TURN = [{"urls": ["turn:127.0.0.2:3478"], "username": "u", "credential": "p"}]
+TURN_SECRETS = """
+[[ice_servers]]
+urls = ["turn:127.0.0.2:3478"]
+username = "u"
+credential = "p"
+"""
 
 # Wraps RTCPeerConnection in every frame (the component's iframe included) to keep the configuration each call
 # passes and the one the created connection reports (getConfiguration(): what Chromium will really use).
@@ -212,8 +218,9 @@ def start_and_read_config(page, url: str, wait_until) -> tuple[list[dict], dict]
 @pytest.mark.browser_timeout(240)
 def test_browser_receives_exactly_the_configured_ice_servers(app, server_factory, new_page, artifacts: Path,
                                                             wait_until, results):
-    # Remote-style: TURN servers from configuration (nothing listens on 127.0.0.2:3478, which is fine).
-    remote = server_factory(extra_env={"EXPR_ICE_SERVERS": json.dumps(TURN)})
+    # Remote-style: TURN servers in the secrets file, as on a hosted deployment (nothing listens on
+    # 127.0.0.2:3478, which is fine).
+    remote = server_factory(secrets=TURN_SECRETS)
     page = new_page(RECORD_RTC_JS)
     calls, outcome = start_and_read_config(page, remote.url, wait_until)
     page.screenshot(path=str(artifacts / "turn-configured.png"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -37,3 +39,18 @@ def peak_rss_mb() -> float:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+_SAVE_WEIGHTS = """
+import sys, keras
+keras.applications.DenseNet201(include_top=False, weights=None, input_shape=(96, 96, 3)).save_weights(sys.argv[1])
+"""
+
+
+def densenet_weights_file(folder: Path) -> Path:
+    """A DenseNet201 no-top weights file saved from a random network, in a child process (keeps TensorFlow
+    out of this one). Training from a weights file takes the ImageNet code path (BatchNorm frozen in phase
+    2) with the same FLOPs, and ImageNet weights cannot be downloaded here."""
+    path = Path(folder) / "densenet201-notop.weights.h5"
+    subprocess.run([sys.executable, "-c", _SAVE_WEIGHTS, str(path)], check=True, capture_output=True)
+    return path

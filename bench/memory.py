@@ -26,7 +26,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, require_shared  # noqa: E402
+from bench.common import densenet_weights_file, machine, require_shared  # noqa: E402
 
 SERVER_PROBE = """
 import sys, json, resource, cv2, numpy as np
@@ -54,12 +54,6 @@ def server_peak(root: Path, model: str) -> float:
     out = subprocess.run([sys.executable, "-c", SERVER_PROBE, str(root), model], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[1])
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
-
-
-SAVE_WEIGHTS = """
-import sys, keras
-keras.applications.DenseNet201(include_top=False, weights=None, input_shape=(96, 96, 3)).save_weights(sys.argv[1])
-"""
 
 
 def training_peak(workspace: Path, size: int, weights: str) -> dict:
@@ -105,8 +99,7 @@ def main() -> None:
                            check=False, capture_output=True, cwd=Path(__file__).resolve().parents[1])
         weights = "none"
         if not args.scratch:
-            weights = str(Path(tmp) / "densenet201-notop.weights.h5")
-            subprocess.run([sys.executable, "-c", SAVE_WEIGHTS, weights], check=True, capture_output=True)
+            weights = str(densenet_weights_file(Path(tmp)))
         result["training_weights"] = "none" if args.scratch else "local file (the ImageNet code path)"
         result["training"] = [training_peak(workspace, size, weights) for size in args.sizes]
     print(json.dumps({"benchmark": "memory", "machine": machine(), **result}, indent=2))

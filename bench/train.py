@@ -1,10 +1,12 @@
-"""Training benchmarks, JSON on stdout (progress on stderr). Weights 'none': ImageNet weights cannot be fetched here.
+"""Training benchmarks, JSON on stdout (progress on stderr). ImageNet weights cannot be fetched here.
 
 ``python -m bench.train speed``  on 150 LFW face crops per label (happy, neutral; YuNet crops, split by person):
     1. phase 1, in the same process: one epoch the original way (full forward pass through the frozen base
        every epoch) against one head epoch on cached features, plus the one-off feature extraction;
     2. Start -> published model through the real job runner (a separate process, as from the Train page),
-       with phase 2 at a few epochs, and the worker's peak memory (whole process tree, psutil).
+       with phase 2 at a few epochs, and the worker's peak memory (whole process tree, psutil). The job
+       starts from a DenseNet201 weights file saved from a random network: the same code path and FLOPs as
+       ImageNet weights (BatchNorm frozen in phase 2); ``--scratch`` trains with weights none instead.
 ``python -m bench.train fer``  the FER2013 sanity run: train on N happy/sad train images, evaluate on the test split.
 """
 
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.common import machine, require_shared
+from bench.common import densenet_weights_file, machine, require_shared
 from expr_core import jobs
 from expr_core.dataset import DatasetStore
 from expr_core.dataset_io import ImportOptions, import_paths
@@ -152,7 +154,8 @@ def cmd_speed(args: argparse.Namespace) -> dict:
     result = {"dataset": {"source": "lfw-expressions happy+neutral, YuNet crops, grouped by subject", "added": added}}
     if not args.skip_phase1:
         result["phase1"] = phase1_comparison(settings, args.image_size, args.batch_size)
-    config = TrainConfig(backbone=args.backbone, weights="none", image_size=args.image_size, epochs_2=args.epochs_2,
+    weights = "none" if args.scratch or args.backbone != "densenet201" else str(densenet_weights_file(root))
+    config = TrainConfig(backbone=args.backbone, weights=weights, image_size=args.image_size, epochs_2=args.epochs_2,
                          batch_size=args.batch_size, quantize=args.quantize)
     log(f"start -> published: {config}")
     result["job"] = {"config": config.to_dict(), **run_job(settings, config)}
@@ -198,6 +201,7 @@ def main() -> None:
     speed.add_argument("--epochs-2", type=int, default=3)
     speed.add_argument("--skip-phase1", action="store_true")
     speed.add_argument("--quantize", action="store_true")
+    speed.add_argument("--scratch", action="store_true", help="weights none (BatchNorm trains in phase 2)")
     fer = sub.add_parser("fer")
     fer.add_argument("--per-label", type=int, default=1500)
     fer.add_argument("--epochs-2", type=int, default=3)

@@ -7,7 +7,8 @@
        with phase 2 at a few epochs, and the worker's peak memory (whole process tree, psutil). The job
        starts from a DenseNet201 weights file saved from a random network: the same code path and FLOPs as
        ImageNet weights (BatchNorm frozen in phase 2); ``--scratch`` trains with weights none instead.
-``python -m bench.train fer``  the FER2013 sanity run: train on N happy/sad train images, evaluate on the test split.
+``python -m bench.train fer``  the FER2013 sanity run: train on N happy/sad train images, evaluate on the test split
+    (with ``--quantize`` also the dynamic-range file, and how often it agrees with float32).
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 from bench.common import densenet_weights_file, machine, require_shared
 from expr_core import jobs
 from expr_core.dataset import DatasetStore
 from expr_core.dataset_io import ImportOptions, import_paths
-from expr_core.evaluate import evaluate_folder
+from expr_core.evaluate import classification_report, load_labelled_folder
 from expr_core.faces import open_detector
 from expr_core.registry import Registry
 from expr_core.serving import Classifier
@@ -110,7 +112,6 @@ def run_job(settings: Settings, config: TrainConfig) -> dict:
 def phase1_comparison(settings: Settings, size: int, batch: int) -> dict:
     """Seconds per phase-1 epoch: full forward pass through the frozen base vs the head on cached features."""
     import keras
-    import numpy as np
 
     from expr_core.model import build_network
     from expr_core.split import split_samples
@@ -175,22 +176,34 @@ def cmd_fer(args: argparse.Namespace) -> dict:
     added = import_folder(settings, subset, cropped=True)
     log(f"imported {added}")
     config = TrainConfig(backbone=args.backbone, weights="none", image_size=args.image_size, epochs_2=args.epochs_2,
-                         lr_2=args.lr_2, batch_size=args.batch_size, quantize=False)
+                         lr_2=args.lr_2, batch_size=args.batch_size, quantize=args.quantize)
     job = run_job(settings, config)
-    registry = Registry(settings.workspace)
-    classifier = Classifier.from_path(registry.model_dir(job["run_id"]))
+    model_dir = Registry(settings.workspace).model_dir(job["run_id"])
+    served = {"float32": Classifier.from_path(model_dir)}
+    if args.quantize:
+        served["dynamic"] = Classifier.from_path(model_dir, quantized=True)
     test_dir = root / "fer-test"
     for label in ("happy", "sad"):
         shutil.copytree(source / "test" / label, test_dir / label)
     start = time.perf_counter()
-    report = evaluate_folder(classifier, test_dir, settings, detector=None)
+    data = load_labelled_folder(test_dir, served["float32"].labels, settings, None, served["float32"].input_size)
+    probs = {name: classifier.predict_many(data.crops) for name, classifier in served.items()}
+    reports = {name: classification_report(data.y, p, classifier.labels)
+               for (name, p), classifier in zip(probs.items(), served.values())}
     evaluation_s = time.perf_counter() - start
+    report = reports["float32"]
     majority = max(report["per_class"].values(), key=lambda c: c["support"])["support"] / report["n"]
     shutil.rmtree(root, ignore_errors=True)
-    return {"dataset": {"train": added, "test": {k: v["support"] for k, v in report["per_class"].items()}},
-            "job": {"config": config.to_dict(), **job},
-            "test": {k: report[k] for k in ("n", "accuracy", "balanced_accuracy", "per_class", "confusion_matrix")},
-            "test_majority_class_rate": round(majority, 4), "evaluate_s": round(evaluation_s, 1)}
+    keys = ("n", "accuracy", "balanced_accuracy", "per_class", "confusion_matrix")
+    result = {"dataset": {"train": added, "test": {k: v["support"] for k, v in report["per_class"].items()}},
+              "job": {"config": config.to_dict(), **job},
+              "test": {k: report[k] for k in keys},
+              "test_majority_class_rate": round(majority, 4), "evaluate_s": round(evaluation_s, 1)}
+    if "dynamic" in reports:
+        result["test_dynamic_range"] = {k: reports["dynamic"][k] for k in keys}
+        result["dynamic_agrees_with_float32"] = round(float(np.mean(
+            probs["dynamic"].argmax(axis=1) == probs["float32"].argmax(axis=1))), 4)
+    return result
 
 
 def main() -> None:
@@ -200,13 +213,13 @@ def main() -> None:
     speed.add_argument("--per-label", type=int, default=150)
     speed.add_argument("--epochs-2", type=int, default=3)
     speed.add_argument("--skip-phase1", action="store_true")
-    speed.add_argument("--quantize", action="store_true")
     speed.add_argument("--scratch", action="store_true", help="weights none (BatchNorm trains in phase 2)")
     fer = sub.add_parser("fer")
     fer.add_argument("--per-label", type=int, default=1500)
     fer.add_argument("--epochs-2", type=int, default=3)
     fer.add_argument("--lr-2", type=float, default=TrainConfig.lr_2)
     for p in (speed, fer):
+        p.add_argument("--quantize", action="store_true", help="also make (and for fer: evaluate) the dynamic-range file")
         p.add_argument("--backbone", default="densenet201")
         p.add_argument("--image-size", type=int, default=96)
         p.add_argument("--batch-size", type=int, default=32)

@@ -228,7 +228,7 @@ class ExpressionPipeline:
             if self.on_readings is not None and readings:
                 self.on_readings(frame, readings)
             if draw:
-                self._draw(frame, tracks)
+                self._draw(frame, tracks, readings)
             self.stats.add(stamp, time.perf_counter() - start)
         return readings
 
@@ -241,12 +241,13 @@ class ExpressionPipeline:
     def _readings(self, tracks: list[Track]) -> list[FaceReading]:
         return [self._reading(t) for t in tracks if t.probs is not None] if self.classifier else []
 
-    def _draw(self, frame: np.ndarray, tracks: list[Track]) -> None:
+    def _draw(self, frame: np.ndarray, tracks: list[Track], readings: list[FaceReading]) -> None:
+        by_track = {reading.track_id: reading for reading in readings}
         for track in tracks:
-            if track.probs is None:
+            reading = by_track.get(track.id)
+            if reading is None:  # not classified yet (or no model): a plain box
                 draw_face(frame, track.face, GREEN)
             else:
-                reading = self._reading(track)
                 draw_face(frame, track.face, label_color(reading.label, self.classifier.labels),
                           caption(reading.label, reading.confidence))
         draw_banner(frame, banner_text(self.stats), (60, 60, 60))

@@ -6,8 +6,8 @@ served exactly as the app serves it (expr_core.live.ExpressionPipeline + expr_co
 LiteRT, one batched call per frame). Rows: detection alone (at full 640 px and at the app's
 ``STREAM_DETECT_SIDE``); detection plus classification of every face in every frame; and the app's
 defaults (``ClassifySchedule``: faces take turns for the classifier, each read at most 15 times a
-second). The baseline is the
-original script's way in the same run: detection, then ``model.predict`` once per face. Prints JSON.
+second). The baseline is the original script's way in the same run: detection, then ``model.predict``
+once per face. Prints JSON.
 
     python bench/live.py [--frames 150] [--baseline-frames 40]
 """

@@ -97,9 +97,7 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "expr_core", "dataset", "import", "--workspace", str(workspace),
                             "--label", label, "--models-dir", str(root.parents[1] / "models"), *map(str, photos)],
                            check=False, capture_output=True, cwd=Path(__file__).resolve().parents[1])
-        weights = "none"
-        if not args.scratch:
-            weights = str(densenet_weights_file(Path(tmp)))
+        weights = "none" if args.scratch else str(densenet_weights_file(Path(tmp)))
         result["training_weights"] = "none" if args.scratch else "local file (the ImageNet code path)"
         result["training"] = [training_peak(workspace, size, weights) for size in args.sizes]
     print(json.dumps({"benchmark": "memory", "machine": machine(), **result}, indent=2))

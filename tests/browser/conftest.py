@@ -342,11 +342,8 @@ def launch_chromium(pw, clip: Path):
 @pytest.fixture(scope="session")
 def browser(playwright_driver, webcam_clip: Path):
     """Headless Debian Chromium with the fake webcam (30 fps), shared by the session's tests."""
-    browser = launch_chromium(playwright_driver, webcam_clip)
-    try:
+    with contextlib.closing(launch_chromium(playwright_driver, webcam_clip)) as browser:
         yield browser
-    finally:
-        browser.close()
 
 
 @pytest.fixture(scope="session")
@@ -358,11 +355,8 @@ def webcam_clip_15fps(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def browser_15fps(playwright_driver, webcam_clip_15fps: Path):
     """A second Chromium whose webcam runs at 15 fps, for this test only."""
-    browser = launch_chromium(playwright_driver, webcam_clip_15fps)
-    try:
+    with contextlib.closing(launch_chromium(playwright_driver, webcam_clip_15fps)) as browser:
         yield browser
-    finally:
-        browser.close()
 
 
 @pytest.fixture

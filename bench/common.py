@@ -25,13 +25,24 @@ def require_shared(sub: str) -> Path:
 def summary_ms(seconds: list[float]) -> dict[str, float]:
     """min / p50 / p95 / mean of durations, in milliseconds."""
     ms = np.asarray(seconds) * 1000
-    return {k: round(float(v), 2) for k, v in
-            {"min": ms.min(), "p50": np.percentile(ms, 50), "p95": np.percentile(ms, 95), "mean": ms.mean()}.items()}
+    return {
+        k: round(float(v), 2)
+        for k, v in {
+            "min": ms.min(),
+            "p50": np.percentile(ms, 50),
+            "p95": np.percentile(ms, 95),
+            "mean": ms.mean(),
+        }.items()
+    }
 
 
 def machine() -> dict[str, object]:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.processor() or platform.machine(),
-            "date": time.strftime("%Y-%m-%d %H:%M")}
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
 
 
 def peak_rss_mb() -> float:

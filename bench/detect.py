@@ -16,11 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, require_shared, summary_ms  # noqa: E402
-from expr_core.errors import ModelFileError  # noqa: E402
-from expr_core.faces import make_detector  # noqa: E402
-from expr_core.images import decode_image  # noqa: E402
-from expr_core.settings import load_settings  # noqa: E402
+from bench.common import machine, require_shared, summary_ms
+from expr_core.errors import ModelFileError
+from expr_core.settings import load_settings
+from expr_core.vision.faces import make_detector
+from expr_core.vision.images import decode_image
 
 
 def run(detector_name: str, images: list[Path], settings) -> dict:
@@ -37,8 +37,14 @@ def run(detector_name: str, images: list[Path], settings) -> dict:
         found += bool(faces)
         if not faces:
             misses.append(path.name)
-    return {"detector": detector_name, "images": len(images), "found": found,
-            "detection_rate": round(found / len(images), 4), "ms_per_image": summary_ms(times), "missed": misses[:20]}
+    return {
+        "detector": detector_name,
+        "images": len(images),
+        "found": found,
+        "detection_rate": round(found / len(images), 4),
+        "ms_per_image": summary_ms(times),
+        "missed": misses[:20],
+    }
 
 
 def main() -> None:

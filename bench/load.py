@@ -24,11 +24,11 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, summary_ms  # noqa: E402
-from bench.scene import compose, lfw_detector, load_photos, served_model_folder  # noqa: E402
-from expr_core.live import ExpressionPipeline  # noqa: E402
-from expr_core.serving import Classifier  # noqa: E402
-from expr_core.settings import load_settings  # noqa: E402
+from bench.common import machine, summary_ms
+from bench.scene import compose, lfw_detector, load_photos, served_model_folder
+from expr_core.live.pipeline import ExpressionPipeline
+from expr_core.serving import Classifier
+from expr_core.settings import load_settings
 
 
 def stream(pipeline: ExpressionPipeline, frames: list[np.ndarray], fps: float, seconds: float, out: dict) -> None:
@@ -49,14 +49,20 @@ def stream(pipeline: ExpressionPipeline, frames: list[np.ndarray], fps: float, s
         latencies.append(time.perf_counter() - t0)
         processed += 1
     elapsed = time.perf_counter() - start
-    out.update(offered=offered, processed=processed, delivered_fps=round(processed / elapsed, 2),
-               latency_ms=summary_ms(latencies))
+    out.update(
+        offered=offered,
+        processed=processed,
+        delivered_fps=round(processed / elapsed, 2),
+        latency_ms=summary_ms(latencies),
+    )
 
 
 def run_level(n: int, detector, classifier, frames, fps: float, seconds: float) -> dict:
-    results = [{} for _ in range(n)]
-    threads = [threading.Thread(target=stream, args=(ExpressionPipeline(detector, classifier), frames, fps, seconds, r))
-               for r in results]
+    results: list[dict] = [{} for _ in range(n)]
+    threads = [
+        threading.Thread(target=stream, args=(ExpressionPipeline(detector, classifier), frames, fps, seconds, r))
+        for r in results
+    ]
     process = psutil.Process()
     rss = []
     for thread in threads:
@@ -68,12 +74,19 @@ def run_level(n: int, detector, classifier, frames, fps: float, seconds: float) 
         thread.join()
     delivered = [r["delivered_fps"] for r in results]
     third = max(1, len(rss) // 3)
-    return {"streams": n, "delivered_fps_per_stream": delivered, "min_fps": min(delivered),
-            "holds_target": min(delivered) >= 0.95 * fps,
-            "latency_ms_p95_worst": max(r["latency_ms"]["p95"] for r in results),
-            "rss_mb": {"first_third_mean": round(float(np.mean(rss[:third])), 1),
-                       "last_third_mean": round(float(np.mean(rss[-third:])), 1), "max": round(max(rss), 1)},
-            "per_stream": results}
+    return {
+        "streams": n,
+        "delivered_fps_per_stream": delivered,
+        "min_fps": min(delivered),
+        "holds_target": min(delivered) >= 0.95 * fps,
+        "latency_ms_p95_worst": max(r["latency_ms"]["p95"] for r in results),
+        "rss_mb": {
+            "first_third_mean": round(float(np.mean(rss[:third])), 1),
+            "last_third_mean": round(float(np.mean(rss[-third:])), 1),
+            "max": round(max(rss), 1),
+        },
+        "per_stream": results,
+    }
 
 
 def main() -> None:
@@ -88,9 +101,20 @@ def main() -> None:
     classifier = Classifier.from_path(served_model_folder(), quantized=quantized)
     levels = [run_level(n, detector, classifier, frames, args.fps, args.seconds) for n in args.streams]
     held = [level["streams"] for level in levels if level["holds_target"]]
-    print(json.dumps({"benchmark": "load", "machine": machine(), "target_fps": args.fps, "seconds_per_level": args.seconds,
-                      "model": "densenet201 96px, " + ("dynamic-range" if quantized else "float32"),
-                      "max_streams_at_target": max(held, default=0), "levels": levels}, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "load",
+                "machine": machine(),
+                "target_fps": args.fps,
+                "seconds_per_level": args.seconds,
+                "model": "densenet201 96px, " + ("dynamic-range" if quantized else "float32"),
+                "max_streams_at_target": max(held, default=0),
+                "levels": levels,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

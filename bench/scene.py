@@ -12,6 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from expr_core.vision.faces import FaceDetector
+
 SIZE = 96
 LABELS = ["happy", "sad", "neutral"]
 
@@ -25,15 +27,15 @@ def compose(photos: list[np.ndarray], n_faces: int, index: int) -> np.ndarray:
         photo = cv2.resize(photos[(index * n_faces + k) % len(photos)], (side, side))
         x = gap + k * (side + gap) + int(4 * np.sin(index / 5 + k))
         y = (480 - side) // 2 + int(4 * np.cos(index / 7 + k))
-        frame[y:y + side, x:x + side] = photo
+        frame[y : y + side, x : x + side] = photo
     return frame
 
 
-def lfw_detector() -> tuple[Path, object]:
+def lfw_detector() -> tuple[Path, FaceDetector]:
     """The LFW photo folder and the YuNet detector from the shared model folder (no downloads)."""
     from bench.common import require_shared
-    from expr_core.faces import make_detector
     from expr_core.settings import load_settings
+    from expr_core.vision.faces import make_detector
 
     root = require_shared("data/lfw-expressions")
     settings = load_settings().with_(models_dir=root.parents[1] / "models", allow_downloads=False)
@@ -42,15 +44,15 @@ def lfw_detector() -> tuple[Path, object]:
 
 def load_photos(root: Path, limit: int) -> list[np.ndarray]:
     paths = sorted(root.glob("*/*.jpg"))[:limit]
-    return [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
+    return [image for p in paths if (image := cv2.imread(str(p), cv2.IMREAD_COLOR)) is not None]
 
 
 def build_served_models(folder: Path):
     """DenseNet201 (weights none) exported the way training publishes it: float32 and dynamic-range."""
     from expr_core import atomic
-    from expr_core.convert import export_tflite
-    from expr_core.model import build_network, inference_copy
     from expr_core.registry import LABELS_FILE
+    from expr_core.worker.convert import export_tflite
+    from expr_core.worker.model import build_network, inference_copy
 
     network = build_network("densenet201", len(LABELS), SIZE, "none")
     model = inference_copy(network)
@@ -69,5 +71,3 @@ def served_model_folder() -> Path:
     if not (folder / TFLITE_DYNAMIC_FILE).is_file():
         build_served_models(folder)
     return folder
-
-

@@ -27,15 +27,16 @@ import numpy as np
 import psutil
 
 from bench.common import densenet_weights_file, machine, require_shared
-from expr_core import jobs
-from expr_core.dataset import DatasetStore
-from expr_core.dataset_io import ImportOptions, import_paths
+from expr_core.data.store import DatasetStore
+from expr_core.data.transfer import ImportOptions, import_paths
 from expr_core.evaluate import classification_report, load_labelled_folder
-from expr_core.faces import open_detector
+from expr_core.jobs import folder as job
+from expr_core.jobs import runs
 from expr_core.registry import Registry
 from expr_core.serving import Classifier
 from expr_core.settings import Settings
 from expr_core.train_config import TrainConfig
+from expr_core.vision.faces import open_detector
 
 
 def log(message: str) -> None:
@@ -86,36 +87,49 @@ def lfw_subset(per_label: int, labels: tuple[str, ...], out: Path) -> Path:
 
 def import_folder(settings: Settings, folder: Path, cropped: bool) -> dict[str, int]:
     detector = None if cropped else open_detector(settings)[0]
-    report = import_paths(DatasetStore(settings.workspace), [folder], detector, settings, ImportOptions(cropped=cropped))
+    report = import_paths(
+        DatasetStore(settings.workspace), [folder], detector, settings, ImportOptions(cropped=cropped)
+    )
     return report.added
 
 
 def run_job(settings: Settings, config: TrainConfig) -> dict:
     """Start training like the Train page does, wait, and time it from the click to the published model."""
     start = time.perf_counter()
-    run_id = jobs.start_training(settings, config)
-    memory = PeakMemory(int(jobs.worker_identity(jobs.run_dir(settings.workspace, run_id)).split(":")[0]))
-    status = jobs.wait(settings.workspace, run_id, poll_s=0.2)
+    run_id = runs.start_training(settings, config)
+    identity = job.worker_identity(runs.run_dir(settings.workspace, run_id))
+    assert identity, "the worker was not recorded"
+    memory = PeakMemory(int(identity.split(":")[0]))
+    status = job.wait(runs.run_dir(settings.workspace, run_id), timeout_s=3600, poll_s=0.2)
     seconds = time.perf_counter() - start
-    events = jobs.read_events(jobs.run_dir(settings.workspace, run_id))[0]
+    events = job.read_events(runs.run_dir(settings.workspace, run_id))[0]
     phases = [(e["phase"], e["elapsed"]) for e in events if e["type"] == "phase"]
-    durations = {name: round(end - begin, 1) for (name, begin), (_, end) in
-                 zip(phases, [*phases[1:], ("end", events[-1]["elapsed"])])}
-    return {"run_id": run_id, "state": status["state"], "error": status.get("error"),
-            "start_to_published_s": round(seconds, 1), "worker_peak_rss_mb": memory.stop(),
-            "phase_seconds": durations, "val_accuracy": status.get("val_accuracy"),
-            "epochs_run": {p: sum(1 for e in events if e["type"] == "epoch" and e["phase"] == p)
-                           for p in ("head", "finetune")},
-            "info": [e["message"] for e in events if e["type"] == "info"]}
+    durations = {
+        name: round(end - begin, 1)
+        for (name, begin), (_, end) in zip(phases, [*phases[1:], ("end", events[-1]["elapsed"])], strict=True)
+    }
+    return {
+        "run_id": run_id,
+        "state": status["state"],
+        "error": status.get("error"),
+        "start_to_published_s": round(seconds, 1),
+        "worker_peak_rss_mb": memory.stop(),
+        "phase_seconds": durations,
+        "val_accuracy": status.get("val_accuracy"),
+        "epochs_run": {
+            p: sum(1 for e in events if e["type"] == "epoch" and e["phase"] == p) for p in ("head", "finetune")
+        },
+        "info": [e["message"] for e in events if e["type"] == "info"],
+    }
 
 
 def phase1_comparison(settings: Settings, size: int, batch: int) -> dict:
     """Seconds per phase-1 epoch: full forward pass through the frozen base vs the head on cached features."""
     import keras
 
-    from expr_core.model import build_network
-    from expr_core.split import split_samples
-    from expr_core.train import load_arrays
+    from expr_core.data.split import split_samples
+    from expr_core.worker.model import build_network
+    from expr_core.worker.train import load_arrays
 
     store = DatasetStore(settings.workspace)
     samples = store.samples()
@@ -141,23 +155,34 @@ def phase1_comparison(settings: Settings, size: int, batch: int) -> dict:
     features = net.extractor.predict(x, batch_size=batch, verbose=0)
     extraction = time.perf_counter() - start
     head = epoch_times(net.head, features)
-    return {"train_images": len(x), "full_forward_epoch_s": [round(t, 2) for t in full],
-            "feature_extraction_once_s": round(extraction, 2), "cached_head_epoch_s": [round(t, 3) for t in head],
-            "speedup_steady_epoch": round(min(full[1:]) / min(head[1:]), 1)}
+    return {
+        "train_images": len(x),
+        "full_forward_epoch_s": [round(t, 2) for t in full],
+        "feature_extraction_once_s": round(extraction, 2),
+        "cached_head_epoch_s": [round(t, 3) for t in head],
+        "speedup_steady_epoch": round(min(full[1:]) / min(head[1:]), 1),
+    }
 
 
 def cmd_speed(args: argparse.Namespace) -> dict:
     root = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    settings = Settings(workspace=root / "ws", models_dir=require_shared("models"), allow_downloads=False,
-                        cache_dir=root / "cache")
+    settings = Settings(
+        workspace=root / "ws", models_dir=require_shared("models"), allow_downloads=False, cache_dir=root / "cache"
+    )
     added = import_folder(settings, lfw_subset(args.per_label, ("happy", "neutral"), root / "lfw"), cropped=False)
     log(f"imported {added}")
     result = {"dataset": {"source": "lfw-expressions happy+neutral, YuNet crops, grouped by subject", "added": added}}
     if not args.skip_phase1:
         result["phase1"] = phase1_comparison(settings, args.image_size, args.batch_size)
     weights = "none" if args.scratch or args.backbone != "densenet201" else str(densenet_weights_file(root))
-    config = TrainConfig(backbone=args.backbone, weights=weights, image_size=args.image_size, epochs_2=args.epochs_2,
-                         batch_size=args.batch_size, quantize=args.quantize)
+    config = TrainConfig(
+        backbone=args.backbone,
+        weights=weights,
+        image_size=args.image_size,
+        epochs_2=args.epochs_2,
+        batch_size=args.batch_size,
+        quantize=args.quantize,
+    )
     log(f"start -> published: {config}")
     result["job"] = {"config": config.to_dict(), **run_job(settings, config)}
     shutil.rmtree(root, ignore_errors=True)
@@ -175,8 +200,15 @@ def cmd_fer(args: argparse.Namespace) -> dict:
             shutil.copy(path, subset / label / path.name)
     added = import_folder(settings, subset, cropped=True)
     log(f"imported {added}")
-    config = TrainConfig(backbone=args.backbone, weights="none", image_size=args.image_size, epochs_2=args.epochs_2,
-                         lr_2=args.lr_2, batch_size=args.batch_size, quantize=args.quantize)
+    config = TrainConfig(
+        backbone=args.backbone,
+        weights="none",
+        image_size=args.image_size,
+        epochs_2=args.epochs_2,
+        lr_2=args.lr_2,
+        batch_size=args.batch_size,
+        quantize=args.quantize,
+    )
     job = run_job(settings, config)
     model_dir = Registry(settings.workspace).model_dir(job["run_id"])
     served = {"float32": Classifier.from_path(model_dir)}
@@ -188,21 +220,27 @@ def cmd_fer(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     data = load_labelled_folder(test_dir, served["float32"].labels, settings, None, served["float32"].input_size)
     probs = {name: classifier.predict_many(data.crops) for name, classifier in served.items()}
-    reports = {name: classification_report(data.y, p, classifier.labels)
-               for (name, p), classifier in zip(probs.items(), served.values())}
+    reports = {
+        name: classification_report(data.y, p, classifier.labels)
+        for (name, p), classifier in zip(probs.items(), served.values(), strict=True)
+    }
     evaluation_s = time.perf_counter() - start
     report = reports["float32"]
     majority = max(report["per_class"].values(), key=lambda c: c["support"])["support"] / report["n"]
     shutil.rmtree(root, ignore_errors=True)
     keys = ("n", "accuracy", "balanced_accuracy", "per_class", "confusion_matrix")
-    result = {"dataset": {"train": added, "test": {k: v["support"] for k, v in report["per_class"].items()}},
-              "job": {"config": config.to_dict(), **job},
-              "test": {k: report[k] for k in keys},
-              "test_majority_class_rate": round(majority, 4), "evaluate_s": round(evaluation_s, 1)}
+    result = {
+        "dataset": {"train": added, "test": {k: v["support"] for k, v in report["per_class"].items()}},
+        "job": {"config": config.to_dict(), **job},
+        "test": {k: report[k] for k in keys},
+        "test_majority_class_rate": round(majority, 4),
+        "evaluate_s": round(evaluation_s, 1),
+    }
     if "dynamic" in reports:
         result["test_dynamic_range"] = {k: reports["dynamic"][k] for k in keys}
-        result["dynamic_agrees_with_float32"] = round(float(np.mean(
-            probs["dynamic"].argmax(axis=1) == probs["float32"].argmax(axis=1))), 4)
+        result["dynamic_agrees_with_float32"] = round(
+            float(np.mean(probs["dynamic"].argmax(axis=1) == probs["float32"].argmax(axis=1))), 4
+        )
     return result
 
 
@@ -219,15 +257,20 @@ def main() -> None:
     fer.add_argument("--epochs-2", type=int, default=3)
     fer.add_argument("--lr-2", type=float, default=TrainConfig.lr_2)
     for p in (speed, fer):
-        p.add_argument("--quantize", action="store_true", help="also make (and for fer: evaluate) the dynamic-range file")
+        p.add_argument(
+            "--quantize", action="store_true", help="also make (and for fer: evaluate) the dynamic-range file"
+        )
         p.add_argument("--backbone", default="densenet201")
         p.add_argument("--image-size", type=int, default=96)
         p.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     load_before = psutil.getloadavg()
     result = cmd_speed(args) if args.command == "speed" else cmd_fer(args)
-    result["machine"] = {**machine(), "load_avg_1_5_15_at_start": [round(x, 2) for x in load_before],
-                         "load_avg_1_5_15_at_end": [round(x, 2) for x in psutil.getloadavg()]}
+    result["machine"] = {
+        **machine(),
+        "load_avg_1_5_15_at_start": [round(x, 2) for x in load_before],
+        "load_avg_1_5_15_at_end": [round(x, 2) for x in psutil.getloadavg()],
+    }
     result["command"] = "python -m bench.train " + " ".join(sys.argv[1:])
     print(json.dumps(result, indent=2))
 

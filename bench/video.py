@@ -1,7 +1,7 @@
 """Video files: is a 30-second 640x480 video annotated faster than real time?
 
 The clip is built from real LFW photos (one face, moving slightly), encoded with libx264 at 30 fps,
-then processed by the same function the Detect page's video job runs (expr_core.video.process_video
+then processed by the same function the Detect page's video job runs (expr_core.live.video_file.process_video
 with the served DenseNet201 at 96x96, dynamic-range). Prints JSON.
 
     python bench/video.py [--seconds 30]
@@ -20,11 +20,11 @@ import av
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine  # noqa: E402
-from bench.scene import compose, lfw_detector, load_photos, served_model_folder  # noqa: E402
-from expr_core.live import ExpressionPipeline  # noqa: E402
-from expr_core.serving import Classifier  # noqa: E402
-from expr_core.video import process_video  # noqa: E402
+from bench.common import machine
+from bench.scene import compose, lfw_detector, load_photos, served_model_folder
+from expr_core.live.pipeline import ExpressionPipeline
+from expr_core.live.video_file import process_video
+from expr_core.serving import Classifier
 
 FPS = 30
 
@@ -50,10 +50,20 @@ def main() -> None:
         start = time.perf_counter()
         result = process_video(src, Path(tmp) / "out.mp4", ExpressionPipeline(detector, classifier))
         took = time.perf_counter() - start
-    print(json.dumps({"benchmark": "video", "machine": machine(), "video_seconds": result.duration_s,
-                      "frames": result.frames, "frames_with_faces": result.frames_with_faces,
-                      "processing_seconds": round(took, 1), "realtime_factor": round(result.duration_s / took, 2)},
-                     indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "video",
+                "machine": machine(),
+                "video_seconds": result.duration_s,
+                "frames": result.frames,
+                "frames_with_faces": result.frames_with_faces,
+                "processing_seconds": round(took, 1),
+                "realtime_factor": round(result.duration_s / took, 2),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,11 @@ def one_start(page, max_tries: int, timeout: float, settle: float, reruns: bool 
                 page.wait_for_timeout(delay)
                 toggle.click()
         if wait_playing(page, timeout=timeout, settle=settle):
-            return {"tries": attempt, "seconds_to_stable": round(time.monotonic() - clicked - settle, 2),
-                    "seconds_total": round(time.monotonic() - began, 2)}
+            return {
+                "tries": attempt,
+                "seconds_to_stable": round(time.monotonic() - clicked - settle, 2),
+                "seconds_total": round(time.monotonic() - began, 2),
+            }
         stop = frame.get_by_role("button", name="Stop", exact=True)
         if stop.count():
             stop.click()
@@ -166,12 +169,14 @@ def main() -> int:
     report: dict = {"machine": machine(), "cycles": args.cycles, "settle_s": args.settle, "timeout_s": args.timeout}
     with tempfile.TemporaryDirectory(prefix="webrtc-start-") as tmp, sync_playwright() as pw:
         clip = write_y4m(Path(tmp) / "clip.y4m")
-        browser = pw.chromium.launch(executable_path=CHROMIUM,
-                                     args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-video-capture={clip}"])
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-video-capture={clip}"]
+        )
         try:
             for guard in settings:
                 report[f"guard_{'on' if guard else 'off'}"] = run_setting(
-                    browser, Path(tmp) / f"guard-{guard}", guard, args.cycles, args)
+                    browser, Path(tmp) / f"guard-{guard}", guard, args.cycles, args
+                )
         finally:
             browser.close()
     text = json.dumps(report, indent=2)

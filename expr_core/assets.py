@@ -3,6 +3,11 @@
 Lookup order for a file: the models folder (``EXPR_MODELS_DIR``), then the cache, then a download
 into the cache. Every file is verified against its pinned digest wherever it came from, so a
 truncated or substituted file is refused with a message saying what to do.
+
+Why not pooch: it downloads, verifies and caches as well, but it knows only its own cache. What this
+module adds is the order above (a user's own file is checked and refused with a message, never replaced;
+a corrupt cache copy is fetched again), ``EXPR_DOWNLOADS=0``, and errors that name the file, the folder
+and the URL; with pooch those would be the same code wrapped around one call, plus a dependency.
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_writer
-from .errors import ModelFileError
-from .settings import Settings
+from expr_core.atomic import atomic_writer
+from expr_core.errors import ModelFileError
+from expr_core.settings import Settings
 
 DOWNLOAD_TIMEOUT_S = 30
 

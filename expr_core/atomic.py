@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import DiskFull, disk_full, is_disk_full
+from expr_core.errors import DiskFull, disk_full, is_disk_full
 
 TMP_PREFIX = ".tmp-"
 

@@ -8,14 +8,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .live import FACES_PER_FRAME, MAX_READS_PER_S, STREAM_DETECT_SIDE, ClassifySchedule, ExpressionPipeline
-from .errors import UserError
-from .settings import Settings, load_settings
+from expr_core.errors import UserError
+from expr_core.jobs.folder import JobState, JobWriter
+from expr_core.live.pipeline import (
+    FACES_PER_FRAME,
+    MAX_READS_PER_S,
+    STREAM_DETECT_SIDE,
+    ClassifySchedule,
+    ExpressionPipeline,
+)
+from expr_core.serving import Classifier
+from expr_core.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from expr_core.vision.faces import FaceDetector
 
 EXIT_PARTIAL = 1
 EXIT_BAD_INPUT = 2
@@ -33,8 +44,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings.with_(**changes)
 
 
-def _detector(settings: Settings):
-    from .faces import open_detector
+def _detector(settings: Settings) -> FaceDetector:
+    from expr_core.vision.faces import open_detector
 
     detector, warning = open_detector(settings)
     if warning:
@@ -43,8 +54,8 @@ def _detector(settings: Settings):
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from .faces import Face
-    from .images import decode_image, read_file
+    from expr_core.vision.faces import Face
+    from expr_core.vision.images import decode_image, read_file
 
     settings = _settings(args)
     detector = _detector(settings)
@@ -77,64 +88,46 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 def _classify_faces(classifier, image, faces, entries: list[dict], settings: Settings) -> None:
     """Add ``label`` and ``probs`` to each face entry: all crops of the image in one batch."""
-    from .faces import crop_face
+    from expr_core.vision.faces import crop_face
 
     crops = [crop_face(image, f, settings.crop_margin, classifier.input_size) for f in faces]
-    for entry, probs in zip(entries, classifier.predict(crops)):
+    for entry, probs in zip(entries, classifier.predict(crops), strict=True):
         entry["label"] = classifier.labels[int(probs.argmax())]
-        entry["probs"] = {label: round(float(p), 4) for label, p in zip(classifier.labels, probs)}
+        entry["probs"] = {label: round(float(p), 4) for label, p in zip(classifier.labels, probs, strict=True)}
 
 
 def cmd_video(args: argparse.Namespace) -> int:
     """Annotate a video; with ``--job-dir`` (the app's worker) progress and the outcome go to that job folder."""
-    from .video import process_video
+    from expr_core.worker.video import annotate_video
 
     settings = _settings(args)
-    writer = _job_writer(Path(args.job_dir)) if args.job_dir else None
+    folder = Path(args.job_dir) if args.job_dir else None
+    writer = JobWriter(folder) if folder else None
     try:
-        pipeline = ExpressionPipeline(_detector(settings), _open_classifier(args.model, args.labels),
-                                      settings.crop_margin, smoothing_s=args.smoothing,
-                                      detect_side=args.detect_side or None,
-                                      schedule=ClassifySchedule(args.faces_per_frame, args.reads_per_second))
-        cancel_file = Path(args.job_dir) / "cancel" if args.job_dir else None
-
-        def progress(done: int, total: int) -> None:
-            if writer:
-                writer.status(throttle_s=0.5, frames=done, total_frames=total)
-                writer.event("progress", frames=done, total_frames=total)
-            else:
-                print(f"\r{done}/{total or '?'} frames", end="", file=sys.stderr)
-
-        result = process_video(Path(args.input), Path(args.output), pipeline, progress,
-                               should_stop=lambda: bool(cancel_file and cancel_file.exists()))
+        pipeline = ExpressionPipeline(
+            _detector(settings),
+            _open_classifier(args.model, args.labels),
+            settings.crop_margin,
+            smoothing_s=args.smoothing,
+            detect_side=args.detect_side or None,
+            schedule=ClassifySchedule(args.faces_per_frame, args.reads_per_second),
+        )
+        summary = annotate_video(Path(args.input), Path(args.output), pipeline, writer)
     except UserError as exc:
         if writer:
-            writer.status(state="failed", error=str(exc), finished=time.time())
+            writer.status(state=JobState.FAILED, error=str(exc), finished=time.time())
         raise
-    summary = {"frames": result.frames, "frames_with_faces": result.frames_with_faces,
-               "duration_s": round(result.duration_s, 2), "video": str(result.video_path), "csv": str(result.csv_path),
-               "cancelled": result.cancelled, "warning": result.warning,
-               "seconds": round(writer.elapsed(), 2) if writer else None}
-    if writer:
-        writer.status(state="cancelled" if result.cancelled else "done", finished=time.time(), **summary)
-        writer.close()
+    finally:
+        if writer:
+            writer.close()
     print(json.dumps(summary))
     return 0
 
 
-def _job_writer(folder: Path):
-    """The worker side of a job folder created by the app (status 'running' from now on)."""
-    from . import jobs
-
-    writer = jobs.JobWriter(folder, folder.name)
-    writer.status(state="running", worker=jobs.process_identity(os.getpid()))
-    return writer
-
-
 def cmd_explain(args: argparse.Namespace) -> int:
     """Grad-CAM heat maps for every face of an image, written as PNGs; a JSON summary on stdout."""
-    from .explain import explain_image
-    from .images import decode_image, read_file
+    from expr_core.vision.images import decode_image, read_file
+    from expr_core.worker.explain import explain_image
 
     settings = _settings(args)
     image = decode_image(read_file(Path(args.image)), args.image)
@@ -144,8 +137,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset_import(args: argparse.Namespace) -> int:
-    from .dataset import DatasetStore
-    from .dataset_io import ImportOptions, import_paths, precheck
+    from expr_core.data.store import DatasetStore
+    from expr_core.data.transfer import ImportOptions, import_paths, precheck
 
     if bool(args.label) == bool(args.from_folder):
         raise UserError("Give either --label L with paths, or --from-folder DIR (one subfolder per label).")
@@ -153,8 +146,9 @@ def cmd_dataset_import(args: argparse.Namespace) -> int:
         raise UserError("Name at least one image, folder or zip file to import.")
     settings = _settings(args)
     store = DatasetStore(settings.workspace)
-    options = ImportOptions(label=args.label, cropped=args.cropped, largest_only=not args.all_faces,
-                            captured_by=args.captured_by)
+    options = ImportOptions(
+        label=args.label, cropped=args.cropped, largest_only=not args.all_faces, captured_by=args.captured_by
+    )
     paths = [Path(args.from_folder)] if args.from_folder else [Path(p) for p in args.paths]
     precheck(store, paths, options)  # a typo'd path or label must not first load (or download) a detector
     detector = None if args.cropped else _detector(settings)
@@ -167,8 +161,8 @@ def cmd_dataset_import(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset_export(args: argparse.Namespace) -> int:
-    from .dataset import DatasetStore
-    from .dataset_io import export_zip
+    from expr_core.data.store import DatasetStore
+    from expr_core.data.transfer import export_zip
 
     out = Path(args.out)
     if out.suffix.lower() != ".zip":
@@ -179,7 +173,7 @@ def cmd_dataset_export(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset_stats(args: argparse.Namespace) -> int:
-    from .dataset import DatasetStore
+    from expr_core.data.store import DatasetStore
 
     stats = DatasetStore(_settings(args).workspace).stats()
     result = {"labels": stats, "total": sum(stats.values())}
@@ -188,7 +182,7 @@ def cmd_dataset_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset_labels(args: argparse.Namespace) -> int:
-    from .dataset import DatasetStore
+    from expr_core.data.store import DatasetStore
 
     store = DatasetStore(_settings(args).workspace)
     if args.add is not None:  # `--add ""` is a mistake to report, not a no-op
@@ -216,65 +210,71 @@ def _print_progress(event: dict) -> None:
 
 
 def _train_config(args: argparse.Namespace):
-    from .train_config import TrainConfig
+    from expr_core.train_config import TrainConfig
 
     return TrainConfig(
-        backbone=args.backbone, weights=args.weights, image_size=args.image_size, batch_size=args.batch_size,
-        epochs_1=args.epochs_1, epochs_2=args.epochs_2, lr_1=args.lr_1, lr_2=args.lr_2,
-        feature_copies=args.feature_copies, seed=args.seed, quantize=not args.no_quantize,
+        backbone=args.backbone,
+        weights=args.weights,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        epochs_1=args.epochs_1,
+        epochs_2=args.epochs_2,
+        lr_1=args.lr_1,
+        lr_2=args.lr_2,
+        feature_copies=args.feature_copies,
+        seed=args.seed,
+        quantize=not args.no_quantize,
     ).validated()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train in the foreground (or, with --run-id, as the worker of a run started by the app)."""
-    from . import jobs
+    from expr_core.jobs import runs
 
     settings = _settings(args)
     if args.run_id:
         lock_fd, run_id = args.lock_fd, args.run_id
     else:
         config = _train_config(args)
-        lock_fd = jobs.acquire_lock(settings.workspace)
-        run_id, _ = jobs.create_run(settings.workspace, config.to_dict())
-    from .train import run_worker  # TensorFlow loads here, after the arguments were checked
+        lock_fd = runs.acquire_lock(settings.workspace)
+        run_id, _ = runs.create_run(settings.workspace, config.to_dict())
+    from expr_core.worker.train import run_worker  # TensorFlow loads here, after the arguments were checked
 
     result = run_worker(settings, run_id, lock_fd, echo=_print_progress)
     if args.json:
         print(json.dumps(result, indent=2))
-    elif result["state"] == "done":
+    elif result["state"] == JobState.DONE:
         print(f"{run_id}: val accuracy {result['val_accuracy']}, model {result['model_path']}")
-    return {"done": 0, "cancelled": EXIT_PARTIAL}.get(result["state"], EXIT_BAD_INPUT)
+    return {JobState.DONE: 0, JobState.CANCELLED: EXIT_PARTIAL}.get(result["state"], EXIT_BAD_INPUT)
 
 
-def _open_classifier(path: str, labels: str | None):
+def _open_classifier(path: str, labels: str | None) -> Classifier:
     """A Classifier for a run folder, a .tflite file or a .keras file (converted on the fly if needed)."""
     import atexit
     import shutil
     import tempfile
 
-    from .serving import Classifier
+    from expr_core.registry import ModelFiles
 
     model = Path(path)
     names = [x.strip() for x in labels.split(",")] if labels else None
-    if model.suffix == ".keras" and not (model.with_suffix(".tflite").is_file() and not names):
-        from . import atomic
-        from .convert import export_tflite, load_checked
+    files = ModelFiles.locate(model)
+    if model.suffix == ".keras" and not (files.tflite.is_file() and not names):
+        from expr_core.worker.convert import export_tflite, load_checked
 
-        names = names or atomic.read_json(model.parent / "labels.json")
-        if not names:
-            raise UserError(f"{model}: no labels.json beside it; give the labels with --labels a,b,c.")
-        folder = tempfile.mkdtemp(prefix="expr-model-")
+        names = names or files.labels()
+        folder = Path(tempfile.mkdtemp(prefix="expr-model-"))
         atexit.register(shutil.rmtree, folder, True)
         print(f"converting {model.name} for serving...", file=sys.stderr)
-        export_tflite(load_checked(model, len(names)), Path(folder), quantize=False)
-        return Classifier(Path(folder) / "model.tflite", names)
+        export_tflite(load_checked(model, len(names)), folder, quantize=False)
+        return Classifier(ModelFiles(folder).tflite, names)
     if model.suffix == ".keras":
-        model = model.with_suffix(".tflite")
+        model = files.tflite
     return Classifier(model, names) if names and model.suffix == ".tflite" else Classifier.from_path(model)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_folder
+    from expr_core.evaluate import evaluate_folder
 
     settings = _settings(args)
     classifier = _open_classifier(args.model, args.labels)
@@ -290,7 +290,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .registry import Registry
+    from expr_core.registry import Registry
 
     registry = Registry(_settings(args).workspace)
     action = getattr(args, "action", None)
@@ -299,12 +299,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     elif action == "delete":
         registry.delete(args.run_id, force=args.force)
     elif action == "cancel":
-        from .jobs import cancel
+        from expr_core.jobs.runs import cancel
 
         if not cancel(registry.workspace, args.run_id):
             raise UserError(f"Run {args.run_id} is not running.")
     elif action == "import":
-        from .convert import import_model
+        from expr_core.worker.convert import import_model
 
         run_id = import_model(registry.workspace, Path(args.path), _label_list(args.labels), quantize=args.quantize)
         print(json.dumps({"run_id": run_id}) if args.json else run_id)
@@ -331,8 +331,11 @@ def _models_parser(sub) -> None:
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)
     actions = models.add_subparsers(dest="action")
-    for name, help_text in (("activate", "make a run's model the active one"), ("delete", "delete a run"),
-                            ("cancel", "ask a running training to stop")):
+    for name, help_text in (
+        ("activate", "make a run's model the active one"),
+        ("delete", "delete a run"),
+        ("cancel", "ask a running training to stop"),
+    ):
         action = actions.add_parser(name, help=help_text)
         action.add_argument("run_id")
         if name == "delete":
@@ -352,7 +355,7 @@ def _leaf_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_parser(sub) -> None:
-    from .train_config import BACKBONES, TrainConfig
+    from expr_core.train_config import BACKBONES, TrainConfig
 
     defaults = TrainConfig()
     train = sub.add_parser("train", help="train a model on the workspace's dataset")
@@ -364,8 +367,12 @@ def _train_parser(sub) -> None:
     train.add_argument("--batch-size", type=int, default=defaults.batch_size)
     train.add_argument("--lr-1", type=float, default=defaults.lr_1)
     train.add_argument("--lr-2", type=float, default=defaults.lr_2)
-    train.add_argument("--feature-copies", type=int, default=defaults.feature_copies,
-                       help="augmented copies per image whose features phase 1 caches")
+    train.add_argument(
+        "--feature-copies",
+        type=int,
+        default=defaults.feature_copies,
+        help="augmented copies per image whose features phase 1 caches",
+    )
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--no-quantize", action="store_true", help="skip the dynamic-range quantised TFLite file")
     train.add_argument("--json", action="store_true")
@@ -409,12 +416,24 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--model", required=True, help="run folder, .tflite or .keras file")
     video.add_argument("--labels", help="labels a,b,c for a model without labels.json beside it")
     video.add_argument("--smoothing", type=float, default=0.15, help="seconds of per-face smoothing (0: none)")
-    video.add_argument("--faces-per-frame", type=int, default=FACES_PER_FRAME,
-                       help="classify at most this many faces per frame, taking turns (0: no limit)")
-    video.add_argument("--reads-per-second", type=float, default=MAX_READS_PER_S,
-                       help="classify each face at most this often (0: every frame)")
-    video.add_argument("--detect-side", type=int, default=STREAM_DETECT_SIDE,
-                       help="detect faces on frames shrunk to this long side (0: full size, for small faces)")
+    video.add_argument(
+        "--faces-per-frame",
+        type=int,
+        default=FACES_PER_FRAME,
+        help="classify at most this many faces per frame, taking turns (0: no limit)",
+    )
+    video.add_argument(
+        "--reads-per-second",
+        type=float,
+        default=MAX_READS_PER_S,
+        help="classify each face at most this often (0: every frame)",
+    )
+    video.add_argument(
+        "--detect-side",
+        type=int,
+        default=STREAM_DETECT_SIDE,
+        help="detect faces on frames shrunk to this long side (0: full size, for small faces)",
+    )
     video.add_argument("--job-dir", help=argparse.SUPPRESS)  # set when the app runs this as a background job
     _common(video, workspace=False)
     video.set_defaults(func=cmd_video)

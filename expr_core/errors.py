@@ -37,8 +37,10 @@ class DiskFull(UserError):
 
 def disk_full(where: object) -> DiskFull:
     """The message for a full disk while writing to ``where`` (a file or folder)."""
-    return DiskFull(f"The disk is full: could not write to {where}. Free some space (for example delete models "
-                    "or video jobs you no longer need) and try again.")
+    return DiskFull(
+        f"The disk is full: could not write to {where}. Free some space (for example delete models "
+        "or video jobs you no longer need) and try again."
+    )
 
 
 def is_disk_full(exc: BaseException | None) -> bool:

@@ -13,33 +13,39 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BadInput, UserError
-from .faces import FaceDetector, detect_and_crop
-from .images import decode_image, iter_path_images
-from .serving import Classifier
-from .settings import Settings
+from expr_core.errors import BadInput, UserError
+from expr_core.serving import Classifier
+from expr_core.settings import Settings
+from expr_core.vision.faces import FaceDetector, detect_and_crop
+from expr_core.vision.images import decode_image, iter_path_images
 
 
-def classification_report(y_true: Sequence[int], probs: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
+def classification_report(
+    y_true: Sequence[int] | np.ndarray, probs: np.ndarray, labels: Sequence[str]
+) -> dict[str, Any]:
     """Accuracy, balanced accuracy, per-label precision/recall/F1/support and the confusion matrix.
 
     ``confusion_matrix[i][j]`` counts samples of ``labels[i]`` predicted as ``labels[j]``. Balanced
     accuracy is the mean recall over labels that have samples, so a majority class cannot hide a
     useless model.
     """
-    y_true = np.asarray(y_true, dtype=int)
-    y_pred = np.asarray(probs).argmax(axis=1) if len(y_true) else np.zeros(0, int)
+    truth = np.asarray(y_true, dtype=int)
+    y_pred = np.asarray(probs).argmax(axis=1) if len(truth) else np.zeros(0, int)
     n = len(labels)
     matrix = np.zeros((n, n), dtype=int)
-    np.add.at(matrix, (y_true, y_pred), 1)
+    np.add.at(matrix, (truth, y_pred), 1)
     per_class, recalls = {}, []
     for i, label in enumerate(labels):
         support, predicted, hits = int(matrix[i].sum()), int(matrix[:, i].sum()), int(matrix[i, i])
         precision = hits / predicted if predicted else 0.0
         recall = hits / support if support else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[label] = {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
-                            "support": support}
+        per_class[label] = {
+            "precision": round(precision, 4),
+            "recall": round(recall, 4),
+            "f1": round(f1, 4),
+            "support": support,
+        }
         if support:
             recalls.append(recall)
     total = int(matrix.sum())
@@ -62,8 +68,9 @@ class FolderData:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def load_labelled_folder(folder: Path, labels: Sequence[str], settings: Settings, detector: FaceDetector | None,
-                         crop_size: int) -> FolderData:
+def load_labelled_folder(
+    folder: Path, labels: Sequence[str], settings: Settings, detector: FaceDetector | None, crop_size: int
+) -> FolderData:
     """Crops of every image under ``folder/<label>/``; the largest face is cropped unless ``detector`` is None.
 
     Subfolders that are not model labels and images without a face are skipped and reported.
@@ -79,9 +86,13 @@ def load_labelled_folder(folder: Path, labels: Sequence[str], settings: Settings
             continue
         try:
             image = decode_image(raw.data, raw.name)
-            crops = [image] if detector is None else [
-                c for _, c in detect_and_crop(detector, image, settings.crop_margin, crop_size, largest_only=True)
-            ]
+            crops = (
+                [image]
+                if detector is None
+                else [
+                    c for _, c in detect_and_crop(detector, image, settings.crop_margin, crop_size, largest_only=True)
+                ]
+            )
         except BadInput as exc:
             data.skipped.append((raw.name, str(exc)))
             continue
@@ -95,8 +106,9 @@ def load_labelled_folder(folder: Path, labels: Sequence[str], settings: Settings
     return data
 
 
-def evaluate_folder(classifier: Classifier, folder: Path, settings: Settings,
-                    detector: FaceDetector | None) -> dict[str, Any]:
+def evaluate_folder(
+    classifier: Classifier, folder: Path, settings: Settings, detector: FaceDetector | None
+) -> dict[str, Any]:
     """The classification report of ``classifier`` on a labelled folder, plus the skipped files."""
     data = load_labelled_folder(folder, classifier.labels, settings, detector, classifier.input_size)
     report = classification_report(data.y, classifier.predict_many(data.crops), classifier.labels)

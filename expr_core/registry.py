@@ -1,6 +1,6 @@
 """Every run's published model, and which one is active.
 
-A run (see :mod:`expr_core.jobs` for the folder) that finished has ``model/`` holding:
+A run (see :mod:`expr_core.jobs.folder` for the folder) that finished has ``model/`` holding:
 
 ``model.keras``            the trained Keras model (preprocessing inside, no optimizer state)
 ``model.tflite``           the float32 LiteRT file the app serves
@@ -8,7 +8,7 @@ A run (see :mod:`expr_core.jobs` for the folder) that finished has ``model/`` ho
 ``labels.json``            output labels in order
 ``metrics.json``           validation report (see :func:`expr_core.evaluate.classification_report`) plus
                            ``misclassified`` ``[{"id", "label", "predicted", "confidence"}]`` and
-                           ``quantized_accuracy`` when the quantised variant exists
+                           ``quantized`` ``{"accuracy", "agreement"}`` when the quantised variant exists
 ``history.json``           per-phase epoch metrics ``{"head": {"loss": [...], ...}, "finetune": {...}}``
 ``dataset.json``           snapshot summary: labels, counts per label and side, train/val sample ids
 ``config.json``            the training config (or, for imports, where the model came from)
@@ -18,12 +18,11 @@ status ``done``. A run is listed as usable only when its status is ``done``, so 
 can never become active. ``<workspace>/active.json`` names the active run and is replaced atomically.
 
 This module never imports TensorFlow (the Streamlit server uses it); importing a ``.keras`` file is
-done by a short-lived ``python -m expr_core models import`` process.
+done by a short-lived ``python -m expr_core models import`` process (:func:`expr_core.jobs.run_cli.import_keras`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -31,14 +30,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import atomic, jobs
-from .errors import UserError
+from expr_core import atomic
+from expr_core.errors import ModelFileError, UserError
+from expr_core.jobs import folder as job
+from expr_core.jobs import runs
 
 MODEL_DIR, STAGING_DIR = "model", atomic.TMP_PREFIX + "model"
 KERAS_FILE, TFLITE_FILE, TFLITE_DYNAMIC_FILE = "model.keras", "model.tflite", "model.dynamic.tflite"
 LABELS_FILE, METRICS_FILE, HISTORY_FILE, DATASET_FILE = "labels.json", "metrics.json", "history.json", "dataset.json"
 ACTIVE_FILE = "active.json"
-IMPORT_TIMEOUT_S = 600
 
 
 class RegistryError(UserError):
@@ -66,6 +66,55 @@ class RunInfo:
         return {**asdict(self), "path": str(self.path)}
 
 
+@dataclass(frozen=True)
+class ModelFiles:
+    """The files of one published model folder: what is served, what is downloaded, where the labels are.
+
+    The one place that knows the layout of ``model/``; serving, explanation, the CLI and the Models page
+    all find their files through it.
+    """
+
+    folder: Path
+
+    @classmethod
+    def locate(cls, path: Path) -> ModelFiles:
+        """The model folder of a run folder, a ``model/`` folder, or a file inside one (``.keras``/``.tflite``)."""
+        path = Path(path)
+        if path.is_file():
+            return cls(path.parent)
+        return cls(path / MODEL_DIR if (path / MODEL_DIR).is_dir() else path)
+
+    @property
+    def keras(self) -> Path:
+        return self.folder / KERAS_FILE
+
+    @property
+    def tflite(self) -> Path:
+        return self.folder / TFLITE_FILE
+
+    @property
+    def tflite_dynamic(self) -> Path:
+        return self.folder / TFLITE_DYNAMIC_FILE
+
+    def served(self, quantized: bool = False) -> Path:
+        """The LiteRT file to serve: the quantised variant when asked for and present, else float32."""
+        return self.tflite_dynamic if quantized and self.tflite_dynamic.is_file() else self.tflite
+
+    def labels(self) -> list[str]:
+        """The output labels in order; :class:`ModelFileError` when ``labels.json`` is missing or empty."""
+        labels = atomic.read_json(self.folder / LABELS_FILE)
+        if not labels:
+            raise ModelFileError(
+                f"{self.folder}: {LABELS_FILE} is missing beside the model, so its outputs have no names."
+            )
+        return list(labels)
+
+    def downloads(self) -> dict[str, Path]:
+        """Downloadable files that exist: ``keras``, ``tflite`` and, if made, ``tflite_dynamic``."""
+        files = {"keras": self.keras, "tflite": self.tflite, "tflite_dynamic": self.tflite_dynamic}
+        return {key: path for key, path in files.items() if path.is_file()}
+
+
 class Registry:
     """The runs of one workspace. Cheap to create; holds no state beyond the workspace path."""
 
@@ -76,37 +125,44 @@ class Registry:
     def runs(self) -> list[RunInfo]:
         """All runs, newest first, with dead workers' runs reported as failed."""
         active = self.active_id()
-        return [self._info(run_id, active) for run_id in jobs.run_ids(self.workspace)]
+        return [self._info(run_id, active) for run_id in runs.run_ids(self.workspace)]
 
     def get(self, run_id: str) -> RunInfo:
         return self._info(run_id, self.active_id())
 
     def _info(self, run_id: str, active: str | None) -> RunInfo:
-        status = jobs.job_status(self.workspace, run_id)
-        folder = jobs.run_dir(self.workspace, run_id)
-        config = atomic.read_json(folder / jobs.CONFIG_FILE, {}) or {}
+        status = runs.run_status(self.workspace, run_id)
+        folder = runs.run_dir(self.workspace, run_id)
+        config = atomic.read_json(folder / job.CONFIG_FILE, {}) or {}
         return RunInfo(
-            run_id=run_id, state=status.get("state", "queued"), kind=status.get("kind", "train"),
-            active=run_id == active, created=status.get("created"), finished=status.get("finished"),
+            run_id=run_id,
+            state=status.get("state", "queued"),
+            kind=status.get("kind", "train"),
+            active=run_id == active,
+            created=status.get("created"),
+            finished=status.get("finished"),
             labels=self.labels(run_id) if status.get("state") == "done" else [],
-            val_accuracy=status.get("val_accuracy"), backbone=config.get("backbone"),
-            image_size=config.get("image_size"), error=status.get("error"), path=folder,
+            val_accuracy=status.get("val_accuracy"),
+            backbone=config.get("backbone"),
+            image_size=config.get("image_size"),
+            error=status.get("error"),
+            path=folder,
         )
 
     def last_training_config(self) -> dict[str, Any]:
         """The settings of the newest training run (imports have none), or ``{}``: the Train form starts
         from them, because a user retraining after adding data usually wants the same settings."""
-        for run_id in jobs.run_ids(self.workspace):
-            if jobs.job_status(self.workspace, run_id).get("kind", "train") == "train":
-                return atomic.read_json(jobs.run_dir(self.workspace, run_id) / jobs.CONFIG_FILE, {}) or {}
+        for run_id in runs.run_ids(self.workspace):
+            if runs.run_status(self.workspace, run_id).get("kind", "train") == "train":
+                return atomic.read_json(runs.run_dir(self.workspace, run_id) / job.CONFIG_FILE, {}) or {}
         return {}
 
     def model_dir(self, run_id: str) -> Path:
-        return jobs.run_dir(self.workspace, run_id) / MODEL_DIR
+        return runs.run_dir(self.workspace, run_id) / MODEL_DIR
 
     def _published(self, run_id: str) -> Path:
         """The model folder of a finished run, or :class:`RegistryError` saying why there is none."""
-        state = jobs.job_status(self.workspace, run_id).get("state")
+        state = runs.run_status(self.workspace, run_id).get("state")
         if state != "done":
             raise RegistryError(f"Run {run_id} has no model: it is {state}.")
         return self.model_dir(run_id)
@@ -127,10 +183,8 @@ class Registry:
         return self._read(run_id, DATASET_FILE)
 
     def files(self, run_id: str) -> dict[str, Path]:
-        """Downloadable files of a finished run: ``keras``, ``tflite`` and, if made, ``tflite_dynamic``."""
-        folder = self._published(run_id)
-        names = {"keras": KERAS_FILE, "tflite": TFLITE_FILE, "tflite_dynamic": TFLITE_DYNAMIC_FILE}
-        return {key: folder / name for key, name in names.items() if (folder / name).is_file()}
+        """Downloadable files of a finished run (see :meth:`ModelFiles.downloads`)."""
+        return ModelFiles(self._published(run_id)).downloads()
 
     # -- the active model ---------------------------------------------------------------------
     def active_id(self) -> str | None:
@@ -145,25 +199,32 @@ class Registry:
         self._published(run_id)
         atomic.write_json(self.workspace / ACTIVE_FILE, {"run_id": run_id, "activated": time.time()})
 
+    def activate_if_none(self, run_id: str) -> bool:
+        """Activate a run that just finished when no model is active yet (the first model goes live)."""
+        if self.active_id() is not None:
+            return False
+        self.activate(run_id)
+        return True
+
     # -- changing -----------------------------------------------------------------------------
     def delete(self, run_id: str, force: bool = False) -> None:
         """Remove a run and its files. Refuses a running run, and the active one unless ``force``."""
-        status = jobs.job_status(self.workspace, run_id)
-        if status.get("state") in jobs.ACTIVE_STATES:
+        status = runs.run_status(self.workspace, run_id)
+        if status.get("state") in job.ACTIVE_STATES:
             raise RegistryError(f"Run {run_id} is still {status['state']}; cancel it first.")
         if run_id == self.active_id():
             if not force:
                 raise RegistryError(f"Run {run_id} is the active model; activate another one first (or force).")
             os.unlink(self.workspace / ACTIVE_FILE)
-        folder = jobs.run_dir(self.workspace, run_id)
+        folder = runs.run_dir(self.workspace, run_id)
         doomed = folder.with_name(f"{atomic.TMP_PREFIX}deleted-{run_id}")
         os.rename(folder, doomed)  # the run vanishes from listings in one step
         shutil.rmtree(doomed)
 
-    def publish(self, run_id: str, writer: jobs.JobWriter, **final_status: Any) -> None:
-        """Make a staged model the run's model, then (last) mark the run done.
+    def publish(self, run_id: str) -> Path:
+        """Make a staged model the run's model folder (one atomic rename) and return it.
 
-        The rename is atomic; until status says ``done`` the model is not listed as usable, so a
+        The caller marks the run done afterwards: until then the model is not listed as usable, so a
         crash at any point leaves either no model or a complete one.
         """
         staged, target = self._staging_path(run_id), self.model_dir(run_id)
@@ -172,12 +233,10 @@ class Registry:
                 raise RegistryError(f"Cannot publish run {run_id}: {name} is missing.")
         os.rename(staged, target)
         _fsync_dir(target.parent)
-        writer.status(state="done", finished=time.time(), **final_status)
-        if self.active_id() is None:
-            self.activate(run_id)
+        return target
 
     def _staging_path(self, run_id: str) -> Path:
-        return jobs.run_dir(self.workspace, run_id) / STAGING_DIR
+        return runs.run_dir(self.workspace, run_id) / STAGING_DIR
 
     def staging_dir(self, run_id: str) -> Path:
         """A fresh, empty folder where the worker writes a model before :meth:`publish`."""
@@ -185,18 +244,6 @@ class Registry:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         return folder
-
-    def import_keras(self, path: Path, labels: list[str]) -> str:
-        """Import a ``.keras`` model as a new finished run (checked, converted to TFLite); returns its run id.
-
-        Runs in a separate process because it needs TensorFlow; takes as long as a TFLite conversion
-        (seconds for small models, about a minute for DenseNet201).
-        """
-        try:
-            return jobs.run_cli(["models", "import", str(path), "--labels", json.dumps(labels),
-                                 "--workspace", str(self.workspace), "--json"], IMPORT_TIMEOUT_S)["run_id"]
-        except jobs.JobError as exc:
-            raise RegistryError(str(exc)) from exc
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -13,9 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import atomic
-from .errors import ModelFileError
-from .registry import LABELS_FILE, MODEL_DIR, TFLITE_DYNAMIC_FILE, TFLITE_FILE, Registry
+from expr_core.errors import ModelFileError
+from expr_core.registry import ModelFiles
 
 DEFAULT_THREADS = 2
 
@@ -23,23 +22,20 @@ DEFAULT_THREADS = 2
 def resolve_model(path: Path, quantized: bool = False) -> tuple[Path, list[str]]:
     """The ``.tflite`` file and labels for a run folder, its ``model/`` folder or a ``.tflite`` file.
 
-    Labels come from ``labels.json`` beside the ``.tflite`` file. A ``.keras`` file must first be
-    converted (``python -m expr_core models import``, or the CLI does it on the fly).
+    A ``.keras`` file must first be converted (``python -m expr_core models import``, or the CLI does it
+    on the fly).
     """
     path = Path(path)
-    if path.is_dir():
-        folder = path / MODEL_DIR if (path / MODEL_DIR).is_dir() else path
-        name = TFLITE_DYNAMIC_FILE if quantized and (folder / TFLITE_DYNAMIC_FILE).is_file() else TFLITE_FILE
-        path = folder / name
     if path.suffix == ".keras":
-        raise ModelFileError(f"{path}: a .keras model must be converted before serving; import it on the Models page "
-                             "or with `python -m expr_core models import`.")
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such model file (expected a run folder or a .tflite file).")
-    labels = atomic.read_json(path.parent / LABELS_FILE)
-    if not labels:
-        raise ModelFileError(f"{path}: {LABELS_FILE} is missing beside the model, so its outputs have no names.")
-    return path, list(labels)
+        raise ModelFileError(
+            f"{path}: a .keras model must be converted before serving; import it on the Models page "
+            "or with `python -m expr_core models import`."
+        )
+    files = ModelFiles.locate(path)
+    served = path if path.suffix == ".tflite" else files.served(quantized)
+    if not served.is_file():
+        raise ModelFileError(f"{served}: no such model file (expected a run folder or a .tflite file).")
+    return served, files.labels()
 
 
 class Classifier:
@@ -66,7 +62,7 @@ class Classifier:
             raise ModelFileError(
                 f"{tflite_path}: the model has {self._output['shape'][-1]} outputs but {len(self.labels)} labels."
             )
-        self._batch = None
+        self._batch: int | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -74,13 +70,6 @@ class Classifier:
         """Load a run folder, model folder or ``.tflite`` file (see :func:`resolve_model`)."""
         tflite, labels = resolve_model(path, quantized)
         return cls(tflite, labels, num_threads)
-
-    @classmethod
-    def active(cls, workspace: Path, quantized: bool = False) -> Classifier | None:
-        """The workspace's active model, or ``None`` when nothing has been trained or activated yet."""
-        registry = Registry(workspace)
-        run_id = registry.active_id()
-        return None if run_id is None else cls.from_path(registry.model_dir(run_id), quantized)
 
     def prepare(self, crops: Sequence[np.ndarray] | np.ndarray, bgr: bool = True) -> np.ndarray:
         """Crops of any size (BGR from OpenCV, or RGB) as the model's float32 RGB 0..255 batch."""
@@ -112,7 +101,9 @@ class Classifier:
             self._interpreter.invoke()
             return self._interpreter.get_tensor(self._output["index"]).copy()
 
-    def predict_many(self, crops: Sequence[np.ndarray], bgr: bool = True, batch_size: int = 32) -> np.ndarray:
+    def predict_many(
+        self, crops: Sequence[np.ndarray] | np.ndarray, bgr: bool = True, batch_size: int = 32
+    ) -> np.ndarray:
         """Probabilities for any number of crops, in fixed-size batches (for evaluation, not live video)."""
         parts = [self.predict(crops[i : i + batch_size], bgr) for i in range(0, len(crops), batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0, len(self.labels)), np.float32)

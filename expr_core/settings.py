@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from expr_core.errors import UserError
 
 DETECTORS = ("yunet", "ssd", "haar")
 

@@ -1,6 +1,6 @@
 """What a training run should do: one frozen, JSON-friendly object shared by the page, the CLI and the worker.
 
-It lives apart from :mod:`expr_core.train` because the Streamlit server builds and validates it, and the
+It lives apart from :mod:`expr_core.worker.train` because the Streamlit server builds and validates it, and the
 server must never import TensorFlow; this module imports nothing heavy.
 """
 
@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from expr_core.errors import UserError
 
 # Backbones the model builder knows. DenseNet201 is the original project's network; MobileNetV3Small is a
 # much cheaper option (about 40x faster to serve, seconds to convert) for small machines and for tests.

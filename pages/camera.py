@@ -23,7 +23,7 @@ from pages import common
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 # TURN services whose credentials streamlit-webrtc can fetch: provider -> (secret names, fetcher).
-TURN_PROVIDERS: dict[str, tuple[tuple[str, ...], Callable[..., list[dict[str, Any]]]]] = {
+TURN_PROVIDERS: dict[str, tuple[tuple[str, ...], Callable[..., Any]]] = {
     "cloudflare": (("CLOUDFLARE_TURN_KEY_ID", "CLOUDFLARE_TURN_KEY_API_TOKEN"), get_cloudflare_ice_servers),
     "twilio": (("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"), get_twilio_ice_servers),
     "huggingface": (("HF_TOKEN",), get_hf_ice_servers),
@@ -51,7 +51,7 @@ def ice_servers() -> tuple[list[dict[str, Any]], str | None]:
     return [], None
 
 
-def keep_context_on_rerun(state: MutableMapping[str, Any], key: str) -> bool:
+def keep_context_on_rerun(state: MutableMapping[str, Any] | Any, key: str) -> bool:
     """Stop streamlit-webrtc from resetting a live camera on an ordinary rerun of the same page.
 
     streamlit-webrtc 0.79 resets its context when the session's script-run counter has moved by more

@@ -5,9 +5,10 @@ from __future__ import annotations
 import av
 import streamlit as st
 
-from expr_core.capture import BurstRequest, Recorder, annotate_capture_frame
-from expr_core.dataset_io import ImportOptions, export_bytes, import_uploads
-from expr_core.review import ReviewQueue
+from expr_core.data.review import ReviewQueue
+from expr_core.data.store import MAX_LABEL_LEN
+from expr_core.data.transfer import ImportOptions, export_bytes, import_uploads
+from expr_core.live.capture import INTERVAL_RANGE_S, MAX_BURST, BurstRequest, Recorder, annotate_capture_frame
 from pages import common
 from pages.camera import camera
 
@@ -45,17 +46,19 @@ with right:
     label = st.segmented_control("Label", labels, default=labels[0] if labels else None, key="capture_label")
     largest = st.toggle("Largest face only", value=True, help="Off: every face in view is saved.")
     with st.expander("Burst settings"):
-        count = st.number_input("Crops per burst", 1, 500, 30)
-        interval = st.number_input("Seconds between crops", 0.05, 10.0, 0.2, step=0.05)
+        count = st.number_input("Crops per burst", 1, MAX_BURST, BurstRequest.count)
+        interval = st.number_input("Seconds between crops", *INTERVAL_RANGE_S, BurstRequest.interval_s, step=0.05)
         countdown = st.number_input("Countdown (s)", 0.0, 10.0, 3.0, step=1.0)
     record_col, snap_col, stop_col = st.columns(3)
     with common.user_errors():
         if record_col.button("Record", type="primary", icon=":material/fiber_manual_record:", width="stretch"):
-            request = BurstRequest(label or "", int(count), float(interval), float(countdown), largest, common.user_name())
+            request = BurstRequest(
+                label or "", int(count), float(interval), float(countdown), largest, common.user_name()
+            )
             request.validate(labels)
             recorder.start(request)
         if snap_col.button("Snapshot", icon=":material/photo_camera:", width="stretch"):
-            request = BurstRequest(label or "", 1, 0.2, 0.0, largest, common.user_name())
+            request = BurstRequest(label or "", 1, BurstRequest.interval_s, 0.0, largest, common.user_name())
             request.validate(labels)
             recorder.start(request)
     if stop_col.button("Stop", icon=":material/stop:", width="stretch"):
@@ -73,22 +76,27 @@ with right:
         if status.phase == "countdown":
             st.info(f"Recording **{status.label}** in {status.countdown_left:.0f} s... look at the camera.")
         elif status.phase == "recording":
-            st.progress(status.taken / max(1, status.target), text=f"Recording {status.label}: {status.taken}/{status.target}")
+            st.progress(
+                status.taken / max(1, status.target), text=f"Recording {status.label}: {status.taken}/{status.target}"
+            )
             if status.no_face_frames:
                 st.caption(f"{status.no_face_frames} frames had no face and were skipped.")
         if status.error:
             st.error(status.error)
         counts = store.stats()
         cols = st.columns(max(1, len(counts)))
-        for col, (name, n) in zip(cols, counts.items()):
-            col.metric(name, n, delta=status.saved.get(name) or None, help="samples in the dataset (delta: saved by you now)")
+        for col, (name, n) in zip(cols, counts.items(), strict=False):
+            col.metric(
+                name, n, delta=status.saved.get(name) or None, help="samples in the dataset (delta: saved by you now)"
+            )
 
     live_status()
 
 review = ReviewQueue(cfg.workspace)
 pending = review.items()
 gallery_tab, review_tab, upload_tab, labels_tab = st.tabs(
-    ["Gallery", f"Review ({len(pending)})", "Upload images", "Labels"])
+    ["Gallery", f"Review ({len(pending)})", "Upload images", "Labels"]
+)
 
 with gallery_tab:
     labels = store.labels()
@@ -112,14 +120,17 @@ with gallery_tab:
         st.rerun()
 
 with review_tab:
-    st.caption("Faces the model was unsure about on the Detect page (only kept when 'keep uncertain faces' is on). "
-               "Tick some, then give them a label or discard them.")
+    st.caption(
+        "Faces the model was unsure about on the Detect page (only kept when 'keep uncertain faces' is on). "
+        "Tick some, then give them a label or discard them."
+    )
     picked = []
     grid = st.columns(8)
     for i, item in enumerate(pending[:GALLERY_PAGE]):
         with grid[i % 8]:
-            st.image(str(review.image_path(item.id)), caption=f"{item.predicted}? {item.confidence:.0%}",
-                     width="stretch")
+            st.image(
+                str(review.image_path(item.id)), caption=f"{item.predicted}? {item.confidence:.0%}", width="stretch"
+            )
             if st.checkbox("pick", key=f"rev-{item.id}", label_visibility="collapsed"):
                 picked.append(item.id)
     if pending:
@@ -138,33 +149,45 @@ with review_tab:
 
 with upload_tab:
     with st.form("upload", clear_on_submit=True):
-        files = st.file_uploader("Images or zip files", type=["jpg", "jpeg", "png", "bmp", "webp", "zip"],
-                                 accept_multiple_files=True)
+        files = st.file_uploader(
+            "Images or zip files", type=["jpg", "jpeg", "png", "bmp", "webp", "zip"], accept_multiple_files=True
+        )
         up_label = st.selectbox("Label", store.labels())
         cropped = st.checkbox("Images are already face crops (do not detect faces)")
         all_faces = st.checkbox("Keep every face in a photo (not only the largest)")
         submitted = st.form_submit_button("Import", type="primary")
     if submitted and files:
         with common.user_errors(), st.spinner("Finding faces..."):
-            options = ImportOptions(label=up_label, cropped=cropped, largest_only=not all_faces, source="upload",
-                                    captured_by=common.user_name())
+            options = ImportOptions(
+                label=up_label,
+                cropped=cropped,
+                largest_only=not all_faces,
+                source="upload",
+                captured_by=common.user_name(),
+            )
             report = import_uploads(store, [(f.name, f.getvalue()) for f in files], detector, cfg, options)
             st.success(f"Added {report.total_added} samples: {report.added or 'none'}.")
             for name, reason in report.skipped:
                 st.warning(f"Skipped {name}: {reason}")
 
 with labels_tab:
-    st.download_button("Export the dataset (zip)", data=lambda: export_bytes(store), file_name="expressions-dataset.zip",
-                       mime="application/zip", icon=":material/download:", on_click="ignore")
+    st.download_button(
+        "Export the dataset (zip)",
+        data=lambda: export_bytes(store),
+        file_name="expressions-dataset.zip",
+        mime="application/zip",
+        icon=":material/download:",
+        on_click="ignore",
+    )
     add_col, rename_col, delete_col = st.columns(3)
     with add_col, st.form("add_label", clear_on_submit=True):
-        new = st.text_input("New label", max_chars=40)
+        new = st.text_input("New label", max_chars=MAX_LABEL_LEN)
         if st.form_submit_button("Add label"):
             with common.user_errors():
                 st.toast(f"Added label {store.add_label(new)!r}.")
     with rename_col, st.form("rename_label"):
         old = st.selectbox("Label", store.labels(), key="rename_from")
-        to = st.text_input("New name", max_chars=40)
+        to = st.text_input("New name", max_chars=MAX_LABEL_LEN)
         if st.form_submit_button("Rename"):
             with common.user_errors():
                 st.toast(f"Renamed to {store.rename_label(old, to)!r}.")

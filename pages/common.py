@@ -15,13 +15,13 @@ from typing import Any
 
 import streamlit as st
 
-from expr_core.capture import SampleWriter
-from expr_core.dataset import DatasetStore
+from expr_core.data.store import DatasetStore
 from expr_core.errors import UserError
-from expr_core.faces import FaceDetector, open_detector
+from expr_core.live.capture import SampleWriter
 from expr_core.registry import Registry
 from expr_core.serving import Classifier
 from expr_core.settings import Settings, load_settings
+from expr_core.vision.faces import FaceDetector, open_detector
 
 
 def _secrets() -> dict[str, Any]:
@@ -106,7 +106,7 @@ def settings() -> Settings:
 
 @st.cache_resource
 def _store_for(workspace: str) -> DatasetStore:
-    return DatasetStore(workspace)
+    return DatasetStore(Path(workspace))
 
 
 def store() -> DatasetStore:
@@ -160,7 +160,7 @@ def sample_writer() -> SampleWriter:
 
 def delete_all_data() -> None:
     """Delete the workspace's dataset and review queue (the user confirmed on the Home page)."""
-    from expr_core.review import ReviewQueue
+    from expr_core.data.review import ReviewQueue
 
     queue = ReviewQueue(settings().workspace)
     queue.discard([item.id for item in queue.items()])

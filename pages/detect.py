@@ -10,16 +10,16 @@ import cv2
 import pandas as pd
 import streamlit as st
 
+from expr_core.data.review import ReviewQueue, UncertainFaceKeeper
 from expr_core.errors import UserError
-from expr_core.jobs import ACTIVE_STATES, request_cancel, run_cli
-from expr_core.images import decode_image
-from expr_core.live import EVERY_FACE, FACES_PER_FRAME, ClassifySchedule, ExpressionPipeline
-from expr_core.review import ReviewQueue, UncertainFaceKeeper
-from expr_core.video_jobs import VIDEO_SUFFIXES, delete_video_job, job_dir, output_paths, start_video_job, video_jobs
+from expr_core.jobs.folder import ACTIVE_STATES, request_cancel
+from expr_core.jobs.run_cli import run_cli
+from expr_core.jobs.video import VIDEO_SUFFIXES, delete_video_job, job_dir, output_paths, start_video_job, video_jobs
+from expr_core.live.pipeline import EVERY_FACE, FACES_PER_FRAME, ClassifySchedule, ExpressionPipeline
 from expr_core.registry import Registry
+from expr_core.vision.images import decode_image
 from pages import common
 from pages.camera import camera
-
 
 
 @st.cache_data(show_spinner="Computing heat maps (about 10 seconds)...", max_entries=32)
@@ -29,10 +29,25 @@ def explain(data: bytes, name: str, model: str) -> list[dict]:
         path = Path(tmp) / Path(name).name
         path.write_bytes(data)
         cfg = common.settings()
-        result = run_cli(["explain", str(path), "--model", model, "--out", str(Path(tmp) / "out"),
-                          "--models-dir", str(cfg.models_dir), "--detector", cfg.detector], timeout_s=300)
-        return [{**face, "crop_png": Path(face["crop"]).read_bytes(), "heat_png": Path(face["heatmap"]).read_bytes()}
-                for face in result["faces"]]
+        result = run_cli(
+            [
+                "explain",
+                str(path),
+                "--model",
+                model,
+                "--out",
+                str(Path(tmp) / "out"),
+                "--models-dir",
+                str(cfg.models_dir),
+                "--detector",
+                cfg.detector,
+            ],
+            timeout_s=300,
+        )
+        return [
+            {**face, "crop_png": Path(face["crop"]).read_bytes(), "heat_png": Path(face["heatmap"]).read_bytes()}
+            for face in result["faces"]
+        ]
 
 
 common.page("pages/detect.py")
@@ -49,8 +64,10 @@ model_dir = Registry(cfg.workspace).model_dir(run_id)
 detector, detector_warning = common.detector()
 if detector_warning:
     st.warning(detector_warning)
-st.caption(f"Model **{run_id}** · labels: {', '.join(classifier.labels)} · input {classifier.input_size}px · "
-           f"`{classifier.path.name}`")
+st.caption(
+    f"Model **{run_id}** · labels: {', '.join(classifier.labels)} · input {classifier.input_size}px · "
+    f"`{classifier.path.name}`"
+)
 
 live_tab, images_tab, video_tab = st.tabs(["Live", "Images", "Video file"])
 
@@ -58,7 +75,6 @@ with live_tab:
     if "detect_pipeline" not in st.session_state:
         st.session_state.detect_pipeline = ExpressionPipeline(detector, classifier, cfg.crop_margin)
     pipeline: ExpressionPipeline = st.session_state.detect_pipeline
-    pipeline.classifier = classifier  # follows the active model when another one is activated
 
     def on_frame(frame: av.VideoFrame) -> av.VideoFrame:
         """Worker thread: the whole pipeline on one frame. No st.* calls here."""
@@ -71,26 +87,42 @@ with live_tab:
         st.caption("Frames are classified in memory and never stored, unless you tick 'keep uncertain faces'.")
         camera("detect-camera", on_frame)
     with side_col:
-        smoothing = st.slider("Smoothing (seconds)", 0.0, 1.0, 0.15, 0.05,
-                              help="Averages each face's probabilities over about this long; 0 shows every frame raw.")
-        pipeline.set_smoothing(smoothing)
+        smoothing = st.slider(
+            "Smoothing (seconds)",
+            0.0,
+            1.0,
+            0.15,
+            0.05,
+            help="Averages each face's probabilities over about this long; 0 shows every frame raw.",
+        )
         per_frame = st.select_slider(
-            "Faces classified per frame", ["1", "2", "3", "all"], str(FACES_PER_FRAME),
+            "Faces classified per frame",
+            ["1", "2", "3", "all"],
+            str(FACES_PER_FRAME),
             help="With several faces, they take turns, and each face is re-read at most 15 times a second: the "
-                 "labels look the same and the frame rate stays up. 'all' classifies every face in every frame.")
-        pipeline.schedule = EVERY_FACE if per_frame == "all" else ClassifySchedule(int(per_frame))
-        keep = st.toggle("Keep uncertain faces for review",
-                         help="Faces the model is unsure about are saved so you can label them on the Capture page.")
+            "labels look the same and the frame rate stays up. 'all' classifies every face in every frame.",
+        )
+        keep = st.toggle(
+            "Keep uncertain faces for review",
+            help="Faces the model is unsure about are saved so you can label them on the Capture page.",
+        )
         threshold = st.slider("Uncertain below", 0.5, 0.99, 0.7, 0.01, disabled=not keep)
+        keeper = None
         if keep:
             keeper = st.session_state.get("keeper")
             if keeper is None or keeper.threshold != threshold:
-                keeper = UncertainFaceKeeper(ReviewQueue(cfg.workspace), threshold, cfg.crop_margin, cfg.crop_size,
-                                             common.user_name())
+                keeper = UncertainFaceKeeper(
+                    ReviewQueue(cfg.workspace), threshold, cfg.crop_margin, cfg.crop_size, common.user_name()
+                )
                 st.session_state.keeper = keeper
-            pipeline.on_readings = keeper
-        else:
-            pipeline.on_readings = None
+        # One locked step: the frame thread sees the old settings or the new ones, never a mix. The classifier
+        # follows the active model when another one is activated.
+        pipeline.configure(
+            classifier,
+            smoothing,
+            EVERY_FACE if per_frame == "all" else ClassifySchedule(int(per_frame)),
+            keeper,
+        )
 
         @st.fragment(run_every=1.0)
         def meter() -> None:
@@ -111,8 +143,9 @@ with images_tab:
         except UserError as exc:
             st.error(str(exc))
             continue
-        readings = ExpressionPipeline(detector, classifier, cfg.crop_margin, smoothing_s=0, detect_side=None,
-                                      schedule=EVERY_FACE).process(image)
+        readings = ExpressionPipeline(
+            detector, classifier, cfg.crop_margin, smoothing_s=0, detect_side=None, schedule=EVERY_FACE
+        ).process(image)
         st.image(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), caption=f"{upload.name}: {len(readings)} face(s)")
         if readings and st.toggle("Why? Show what drove each prediction", key=f"why-{upload.name}"):
             with common.user_errors():
@@ -120,14 +153,30 @@ with images_tab:
                     crop_col, heat_col, text_col = st.columns([1, 1, 2])
                     crop_col.image(face["crop_png"], caption="face")
                     heat_col.image(face["heat_png"], caption="heat map (red: most important)")
-                    text_col.write(f"**{face['label']}** · " + ", ".join(f"{k} {v:.0%}" for k, v in face["probs"].items()))
-        rows += [{"image": upload.name, "face": i + 1, "box": list(r.box), "label": r.label,
-                  "confidence": round(r.confidence, 4), **r.probs} for i, r in enumerate(readings)]
+                    text_col.write(
+                        f"**{face['label']}** · " + ", ".join(f"{k} {v:.0%}" for k, v in face["probs"].items())
+                    )
+        rows += [
+            {
+                "image": upload.name,
+                "face": i + 1,
+                "box": list(r.box),
+                "label": r.label,
+                "confidence": round(r.confidence, 4),
+                **r.probs,
+            }
+            for i, r in enumerate(readings)
+        ]
     if rows:
         table = pd.DataFrame(rows)
         st.dataframe(table, hide_index=True)
-        st.download_button("Download the table (CSV)", table.to_csv(index=False), "expressions.csv", "text/csv",
-                           icon=":material/download:")
+        st.download_button(
+            "Download the table (CSV)",
+            table.to_csv(index=False),
+            "expressions.csv",
+            "text/csv",
+            icon=":material/download:",
+        )
     elif uploads:
         st.info("No faces were found in these images.")
 
@@ -168,21 +217,40 @@ with video_tab:
             video, table_path = output_paths(folder)
             if status.get("warning"):
                 st.warning(status["warning"])
-            st.caption(f"{status['frames']} frames, {status['duration_s']} s of video, processed in {status['seconds']} s; "
-                       f"faces in {status['frames_with_faces']} frames.")
+            st.caption(
+                f"{status['frames']} frames, {status['duration_s']} s of video, processed in {status['seconds']} s; "
+                f"faces in {status['frames_with_faces']} frames."
+            )
             st.video(str(video))
             table = pd.read_csv(table_path)
             if table.empty:
                 st.info("No faces were found in this video.")
             else:
-                st.line_chart(table.assign(face=table["face"].map(lambda f: f"face {f}")),
-                              x="time_s", y="confidence", color="face", height=200)
+                st.line_chart(
+                    table.assign(face=table["face"].map(lambda f: f"face {f}")),
+                    x="time_s",
+                    y="confidence",
+                    color="face",
+                    height=200,
+                )
                 st.dataframe(table.groupby(["face", "label"]).size().rename("frames").reset_index(), hide_index=True)
             left, right = st.columns(2)
-            left.download_button("Annotated video (MP4)", data=video.read_bytes, file_name=f"{job_id}.mp4",
-                                 on_click="ignore", key=f"mp4-{job_id}", icon=":material/download:")
-            right.download_button("Expressions over time (CSV)", data=table_path.read_bytes, file_name=f"{job_id}.csv",
-                                  on_click="ignore", key=f"csv-{job_id}", icon=":material/download:")
+            left.download_button(
+                "Annotated video (MP4)",
+                data=video.read_bytes,
+                file_name=f"{job_id}.mp4",
+                on_click="ignore",
+                key=f"mp4-{job_id}",
+                icon=":material/download:",
+            )
+            right.download_button(
+                "Expressions over time (CSV)",
+                data=table_path.read_bytes,
+                file_name=f"{job_id}.csv",
+                on_click="ignore",
+                key=f"csv-{job_id}",
+                icon=":material/download:",
+            )
         if st.button("Delete", key=f"delete-{job_id}", icon=":material/delete:"):
             with common.user_errors():
                 delete_video_job(cfg.workspace, job_id)

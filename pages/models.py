@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from expr_core.jobs.run_cli import import_keras
 from expr_core.registry import Registry
 from pages import common, report
 
@@ -20,16 +21,35 @@ runs = registry.runs()
 if not runs:
     st.info("No models yet: train one on the Train page, or import a .keras model below.")
 else:
-    table = pd.DataFrame([{
-        "active": "●" if r.active else "", "run": r.run_id, "state": r.state, "kind": r.kind,
-        "backbone": r.backbone, "input px": r.image_size, "labels": ", ".join(r.labels),
-        "val accuracy": r.val_accuracy, "error": (r.error or "")[:80],
-    } for r in runs])
-    st.dataframe(table, hide_index=True, column_config={
-        "val accuracy": st.column_config.ProgressColumn("val accuracy", min_value=0, max_value=1, format="percent")})
+    table = pd.DataFrame(
+        [
+            {
+                "active": "●" if r.active else "",
+                "run": r.run_id,
+                "state": r.state,
+                "kind": r.kind,
+                "backbone": r.backbone,
+                "input px": r.image_size,
+                "labels": ", ".join(r.labels),
+                "val accuracy": r.val_accuracy,
+                "error": (r.error or "")[:80],
+            }
+            for r in runs
+        ]
+    )
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_config={
+            "val accuracy": st.column_config.ProgressColumn("val accuracy", min_value=0, max_value=1, format="percent")
+        },
+    )
 
-    chosen_id = st.selectbox("Run", [r.run_id for r in runs],
-                             format_func=lambda rid: f"{rid} ({next(r.state for r in runs if r.run_id == rid)})")
+    chosen_id = st.selectbox(
+        "Run",
+        [r.run_id for r in runs],
+        format_func=lambda rid: f"{rid} ({next(r.state for r in runs if r.run_id == rid)})",
+    )
     chosen = registry.get(chosen_id)
     if chosen.error:
         st.error(chosen.error)
@@ -40,11 +60,21 @@ else:
                 registry.activate(chosen.run_id)
                 st.rerun()
         files = registry.files(chosen.run_id)
-        keras_col.download_button("Download .keras", data=files["keras"].read_bytes, file_name=f"{chosen.run_id}.keras",
-                                  on_click="ignore", icon=":material/download:")
+        keras_col.download_button(
+            "Download .keras",
+            data=files["keras"].read_bytes,
+            file_name=f"{chosen.run_id}.keras",
+            on_click="ignore",
+            icon=":material/download:",
+        )
         tflite = files.get("tflite_dynamic") or files["tflite"]
-        tflite_col.download_button("Download TFLite", data=tflite.read_bytes, file_name=f"{chosen.run_id}.tflite",
-                                   on_click="ignore", icon=":material/download:")
+        tflite_col.download_button(
+            "Download TFLite",
+            data=tflite.read_bytes,
+            file_name=f"{chosen.run_id}.tflite",
+            on_click="ignore",
+            icon=":material/download:",
+        )
     else:
         delete_col = st.columns(4)[3]
     with delete_col.popover("Delete", icon=":material/delete:"):
@@ -65,9 +95,12 @@ with st.form("import_model", clear_on_submit=True):
     submitted = st.form_submit_button("Import", icon=":material/upload:")
 if submitted and upload is not None:
     labels = [x.strip() for x in labels_text.split(",") if x.strip()]
-    with common.user_errors(), st.spinner("Checking and converting the model (about a minute for DenseNet201)..."), \
-            tempfile.TemporaryDirectory() as tmp:
+    with (
+        common.user_errors(),
+        st.spinner("Checking and converting the model (about a minute for DenseNet201)..."),
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         path = Path(tmp) / Path(upload.name).name
         path.write_bytes(upload.getvalue())
-        run_id = registry.import_keras(path, labels)
+        run_id = import_keras(registry.workspace, path, labels)
         st.success(f"Imported as run {run_id}.")

@@ -12,8 +12,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from expr_core import jobs
-from expr_core.dataset import DatasetStore
+from expr_core.data.store import DatasetStore
+from expr_core.jobs import folder as job
+from expr_core.jobs import runs
 from expr_core.registry import Registry
 
 PHASE_NAMES = {"head": "phase 1 (base frozen)", "finetune": "phase 2 (fine-tuning)"}
@@ -23,7 +24,7 @@ def run_events(workspace, run_id: str) -> list[dict[str, Any]]:
     """All events of a run, read incrementally: each refresh reads only the lines appended since the last."""
     cache = st.session_state.setdefault("run_events", {})
     offset, events = cache.get(run_id, (0, []))
-    new, offset = jobs.read_events(jobs.run_dir(workspace, run_id), offset)
+    new, offset = job.read_events(runs.run_dir(workspace, run_id), offset)
     events = events + new
     cache[run_id] = (offset, events)
     return events
@@ -44,22 +45,33 @@ def learning_curves(events: list[dict[str, Any]]) -> None:
         st.caption("The curves appear after the first epoch.")
         return
     boundary = table.loc[table["phase"] == "finetune", "step"].min()
-    long = table.melt(id_vars=["step", "phase"], value_vars=["loss", "val_loss", "accuracy", "val_accuracy"],
-                      var_name="series", value_name="value").dropna()
+    long = table.melt(
+        id_vars=["step", "phase"],
+        value_vars=["loss", "val_loss", "accuracy", "val_accuracy"],
+        var_name="series",
+        value_name="value",
+    ).dropna()
     long["metric"] = long["series"].str.replace("val_", "", regex=False)
     long["split"] = long["series"].map(lambda s: "validation" if s.startswith("val_") else "train")
-    for col, metric in zip(st.columns(2), ("loss", "accuracy")):
+    for col, metric in zip(st.columns(2), ("loss", "accuracy"), strict=True):
         data = long[long["metric"] == metric]
-        lines = alt.Chart(data).mark_line(point=True).encode(
-            x=alt.X("step:Q", title="epoch (both phases)", axis=alt.Axis(tickMinStep=1)),
-            y=alt.Y("value:Q", title=metric), color=alt.Color("split:N", title=None),
-            tooltip=["phase", "step", "split", alt.Tooltip("value:Q", format=".3f")],
+        lines = (
+            alt.Chart(data)
+            .mark_line(point=True)
+            .encode(
+                x=alt.X("step:Q", title="epoch (both phases)", axis=alt.Axis(tickMinStep=1)),
+                y=alt.Y("value:Q", title=metric),
+                color=alt.Color("split:N", title=None),
+                tooltip=["phase", "step", "split", alt.Tooltip("value:Q", format=".3f")],
+            )
         )
         layers = [lines]
         if pd.notna(boundary):
             rule = pd.DataFrame({"step": [boundary - 0.5], "label": ["phase 2 starts"]})
             layers.append(alt.Chart(rule).mark_rule(strokeDash=[4, 4], color="gray").encode(x="step:Q"))
-            layers.append(alt.Chart(rule).mark_text(align="left", dx=4, dy=-60, color="gray").encode(x="step:Q", text="label"))
+            layers.append(
+                alt.Chart(rule).mark_text(align="left", dx=4, dy=-60, color="gray").encode(x="step:Q", text="label")
+            )
         col.altair_chart(alt.layer(*layers).properties(title=metric.capitalize(), height=260), width="stretch")
 
 
@@ -70,23 +82,29 @@ def progress(status: dict[str, Any], events: list[dict[str, Any]]) -> None:
     st.write(f"**{phase_event['title'] if phase_event else 'Starting the training process'}...**")
     if batch and phase_event and batch.get("phase") == phase_event.get("phase"):
         name = PHASE_NAMES.get(batch["phase"], batch["phase"])
-        st.progress(min(1.0, (batch["epoch"] - 1 + batch["batch"] / batch["batches"]) / batch["epochs"]),
-                    text=f"{name}: epoch {batch['epoch']}/{batch['epochs']}")
+        st.progress(
+            min(1.0, (batch["epoch"] - 1 + batch["batch"] / batch["batches"]) / batch["epochs"]),
+            text=f"{name}: epoch {batch['epoch']}/{batch['epochs']}",
+        )
         st.progress(batch["batch"] / batch["batches"], text=f"batch {batch['batch']}/{batch['batches']}")
     elapsed = status.get("elapsed") or (events[-1]["elapsed"] if events else 0)
     eta = status.get("eta_s")
-    st.caption(f"Elapsed {elapsed:.0f} s" + (f" · about {eta:.0f} s left in this phase (early stopping may end it sooner)"
-                                             if eta else ""))
+    st.caption(
+        f"Elapsed {elapsed:.0f} s"
+        + (f" · about {eta:.0f} s left in this phase (early stopping may end it sooner)" if eta else "")
+    )
     for warning in (e["message"] for e in events if e.get("type") == "warning"):
         st.warning(warning)
 
 
 def confusion_heatmap(report: dict[str, Any]) -> alt.Chart:
     labels = report["labels"]
-    cells = [{"true": labels[i], "predicted": labels[j], "count": n}
-             for i, row in enumerate(report["confusion_matrix"]) for j, n in enumerate(row)]
-    base = alt.Chart(pd.DataFrame(cells)).encode(
-        x=alt.X("predicted:N", sort=labels), y=alt.Y("true:N", sort=labels))
+    cells = [
+        {"true": labels[i], "predicted": labels[j], "count": n}
+        for i, row in enumerate(report["confusion_matrix"])
+        for j, n in enumerate(row)
+    ]
+    base = alt.Chart(pd.DataFrame(cells)).encode(x=alt.X("predicted:N", sort=labels), y=alt.Y("true:N", sort=labels))
     heat = base.mark_rect().encode(color=alt.Color("count:Q", scale=alt.Scale(scheme="blues")))
     text = base.mark_text(fontSize=16).encode(text="count:Q")
     return (heat + text).properties(title="Confusion matrix (validation)", height=80 + 50 * len(labels))
@@ -100,11 +118,17 @@ def evaluation(registry: Registry, run_id: str, store: DatasetStore) -> None:
         return
     cols = st.columns(3)
     cols[0].metric("Validation accuracy", f"{report['accuracy']:.1%}" if report.get("accuracy") is not None else "n/a")
-    cols[1].metric("Balanced accuracy", f"{report['balanced_accuracy']:.1%}" if report.get("balanced_accuracy") is not None else "n/a")
+    cols[1].metric(
+        "Balanced accuracy",
+        f"{report['balanced_accuracy']:.1%}" if report.get("balanced_accuracy") is not None else "n/a",
+    )
     cols[2].metric("Validation faces", report.get("n", 0))
     if report.get("quantized"):
         q = report["quantized"]
-        st.caption(f"Quantised (served) model: accuracy {q['accuracy']:.1%}, agrees with float32 on {q['agreement']:.1%} of faces.")
+        st.caption(
+            f"Quantised (served) model: accuracy {q['accuracy']:.1%}, "
+            f"agrees with float32 on {q['agreement']:.1%} of faces."
+        )
     left, right = st.columns(2)
     left.altair_chart(confusion_heatmap(report), width="stretch")
     per_class = pd.DataFrame(report["per_class"]).T.reset_index(names="label")
@@ -114,5 +138,7 @@ def evaluation(registry: Registry, run_id: str, store: DatasetStore) -> None:
     present = {s.id for s in store.samples()}
     grid = st.columns(8)
     for i, item in enumerate([w for w in wrong if w["id"] in present][:32]):
-        grid[i % 8].image(str(store.image_path(item["id"])),
-                          caption=f"{item['label']} → {item['predicted']} ({item['confidence']:.0%})")
+        grid[i % 8].image(
+            str(store.image_path(item["id"])),
+            caption=f"{item['label']} → {item['predicted']} ({item['confidence']:.0%})",
+        )

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import streamlit as st
 
-from expr_core import jobs
+from expr_core.data.split import check_trainable
+from expr_core.jobs import folder as job
+from expr_core.jobs import runs
 from expr_core.registry import Registry
-from expr_core.split import check_trainable
 from expr_core.train_config import BACKBONES, TrainConfig
 from pages import common, report
 
@@ -17,15 +21,15 @@ registry = Registry(cfg.workspace)
 counts = store.stats()
 st.caption("Samples per label: " + " · ".join(f"{label}: {n}" for label, n in counts.items()))
 
-running = jobs.active_run(cfg.workspace)
+running = runs.active_run(cfg.workspace)
 
 
 @st.fragment(run_every=1.0)
 def live(run_id: str) -> None:
     """Refreshes every second; when the run ends, reruns the page to show the report."""
-    status = jobs.job_status(cfg.workspace, run_id)
+    status = runs.run_status(cfg.workspace, run_id)
     events = report.run_events(cfg.workspace, run_id)
-    if status["state"] not in jobs.ACTIVE_STATES:
+    if status["state"] not in job.ACTIVE_STATES:
         st.rerun()
     st.subheader(f"Run {run_id}: {status['state']}")
     report.progress(status, events)
@@ -33,7 +37,7 @@ def live(run_id: str) -> None:
     if status.get("cancel_requested"):
         st.info("Cancelling... the run stops after the current batch.")
     elif st.button("Cancel training", icon=":material/cancel:"):
-        jobs.cancel(cfg.workspace, run_id)
+        runs.cancel(cfg.workspace, run_id)
 
 
 if running:
@@ -45,7 +49,7 @@ remembered = registry.last_training_config()
 last = TrainConfig.from_dict(remembered)
 
 
-def choice(options: list, value, fallback):
+def choice(options: Sequence[Any], value: Any, fallback: Any) -> Any:
     """``value`` if the widget offers it (a CLI run may have used another size), else ``fallback``."""
     return value if value in options else fallback
 
@@ -60,28 +64,40 @@ with st.form("train_settings"):
     if remembered:
         st.caption("Starts from the settings of the last run.")
     left, right = st.columns(2)
-    backbone = left.selectbox("Backbone", BACKBONES, index=BACKBONES.index(choice(BACKBONES, last.backbone, "densenet201")),
-                              help="DenseNet201 is the original network; MobileNetV3Small trains and serves much "
-                                   "faster with lower accuracy.")
+    backbone = left.selectbox(
+        "Backbone",
+        BACKBONES,
+        index=BACKBONES.index(choice(BACKBONES, last.backbone, "densenet201")),
+        help="DenseNet201 is the original network; MobileNetV3Small trains and serves much faster with lower accuracy.",
+    )
     weights_options = ["imagenet", "none", "file"]
-    weights_choice = left.radio("Starting weights", weights_options, horizontal=True,
-                                index=weights_options.index(choice(weights_options, last.weights, "file")),
-                                help="ImageNet weights (about 80 MB) are downloaded once into the Keras cache. "
-                                     "If this server has no internet the run fails and says how to supply them.")
-    weights_path = left.text_input("Weights file (for 'file')", placeholder="/path/densenet201_notop.h5",
-                                   value="" if last.weights in weights_options else last.weights)
+    weights_choice = left.radio(
+        "Starting weights",
+        weights_options,
+        horizontal=True,
+        index=weights_options.index(choice(weights_options, last.weights, "file")),
+        help="ImageNet weights (about 80 MB) are downloaded once into the Keras cache. "
+        "If this server has no internet the run fails and says how to supply them.",
+    )
+    weights_path = left.text_input(
+        "Weights file (for 'file')",
+        placeholder="/path/densenet201_notop.h5",
+        value="" if last.weights in weights_options else last.weights,
+    )
     sizes, batches = [48, 64, 96, 128, 160, 224], [8, 16, 32, 64]
-    image_size = right.select_slider("Input size (pixels)", sizes, value=choice(sizes, last.image_size, 96),
-                                     help="Larger is slower and needs more memory (training at 224 px: about 5.4 GB).")
+    image_size = right.select_slider(
+        "Input size (pixels)",
+        sizes,
+        value=choice(sizes, last.image_size, 96),
+        help="Larger is slower and needs more memory (training at 224 px: about 5.4 GB).",
+    )
     batch_size = right.select_slider("Batch size", batches, value=choice(batches, last.batch_size, 32))
     epochs_1 = right.number_input("Phase 1 epochs (base frozen; 0 = skip)", 0, 200, min(last.epochs_1, 200))
     epochs_2 = right.number_input("Phase 2 epochs (fine-tune all; 0 = skip)", 0, 100, min(last.epochs_2, 100))
     with st.expander("Advanced"):
         a, b, c = st.columns(3)
-        lr_1 = a.number_input("Phase 1 learning rate", 1e-5, 1e-1, clamp(last.lr_1, 1e-5, 1e-1),
-                              format="%.5f")
-        lr_2 = b.number_input("Phase 2 learning rate", 1e-7, 1e-3, clamp(last.lr_2, 1e-7, 1e-3),
-                              format="%.6f")
+        lr_1 = a.number_input("Phase 1 learning rate", 1e-5, 1e-1, clamp(last.lr_1, 1e-5, 1e-1), format="%.5f")
+        lr_2 = b.number_input("Phase 2 learning rate", 1e-7, 1e-3, clamp(last.lr_2, 1e-7, 1e-3), format="%.6f")
         val_fraction = c.slider("Validation share", 0.1, 0.4, clamp(last.val_fraction, 0.1, 0.4), 0.05)
         feature_copies = a.number_input("Augmented copies for phase 1", 0, 8, min(last.feature_copies, 8))
         quantize = b.checkbox("Also make a quantised (faster) serving file", value=last.quantize)
@@ -89,26 +105,38 @@ with st.form("train_settings"):
 
 weights = weights_path.strip() if weights_choice == "file" else weights_choice
 if weights == "none":
-    st.warning("Without pretrained weights the network starts from random values: accuracy will be much lower. "
-               "Phase 2 then trains every layer (BatchNorm included) from scratch: give it a higher learning rate "
-               "(about 0.001, under Advanced) and more epochs.")
+    st.warning(
+        "Without pretrained weights the network starts from random values: accuracy will be much lower. "
+        "Phase 2 then trains every layer (BatchNorm included) from scratch: give it a higher learning rate "
+        "(about 0.001, under Advanced) and more epochs."
+    )
 if start:
     with common.user_errors():
         check_trainable(store.samples(), [label for label, n in counts.items() if n])
-        config = TrainConfig(backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size,
-                             epochs_1=int(epochs_1), epochs_2=int(epochs_2), lr_1=lr_1, lr_2=lr_2,
-                             feature_copies=int(feature_copies), val_fraction=val_fraction, quantize=quantize)
-        jobs.start_training(cfg, config)
+        config = TrainConfig(
+            backbone=backbone,
+            weights=weights,
+            image_size=image_size,
+            batch_size=batch_size,
+            epochs_1=int(epochs_1),
+            epochs_2=int(epochs_2),
+            lr_1=lr_1,
+            lr_2=lr_2,
+            feature_copies=int(feature_copies),
+            val_fraction=val_fraction,
+            quantize=quantize,
+        )
+        runs.start_training(cfg, config)
         st.rerun()
 
-runs = registry.runs()
-if runs:
-    last = runs[0]
+listed = registry.runs()
+if listed:
+    newest = listed[0]
     st.divider()
-    st.subheader(f"Last run {last.run_id}: {last.state}")
-    if last.error:
-        st.error(last.error)
-    report.learning_curves(report.run_events(cfg.workspace, last.run_id))
-    if last.state == "done":
-        report.evaluation(registry, last.run_id, store)
+    st.subheader(f"Last run {newest.run_id}: {newest.state}")
+    if newest.error:
+        st.error(newest.error)
+    report.learning_curves(report.run_events(cfg.workspace, newest.run_id))
+    if newest.state == "done":
+        report.evaluation(registry, newest.run_id, store)
         st.page_link("pages/models.py", label="Compare and activate models", icon=":material/inventory_2:")

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 
 from expr_core.assets import YUNET
-from expr_core.dataset import DatasetStore
-from expr_core.faces import HaarDetector
+from expr_core.data.store import DatasetStore
 from expr_core.settings import Settings
+from expr_core.vision.faces import HaarDetector
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,8 +101,9 @@ def shared_models() -> Path:
 def settings(tmp_path: Path) -> Settings:
     """Offline settings in temporary folders; the models folder exists but is empty."""
     (tmp_path / "models").mkdir()
-    return Settings(workspace=tmp_path / "ws", models_dir=tmp_path / "models", cache_dir=tmp_path / "cache",
-                    allow_downloads=False)
+    return Settings(
+        workspace=tmp_path / "ws", models_dir=tmp_path / "models", cache_dir=tmp_path / "cache", allow_downloads=False
+    )
 
 
 @pytest.fixture
@@ -173,9 +174,14 @@ def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
 
     def run(*args: object, cwd: Path | None = None, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
         pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-        return subprocess.run([sys.executable, "-m", "expr_core", *map(str, args)], cwd=cwd or tmp_path,
-                              env={**os.environ, "PYTHONPATH": pythonpath, **env},
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "expr_core", *map(str, args)],
+            cwd=cwd or tmp_path,
+            env={**os.environ, "PYTHONPATH": pythonpath, **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     return run
 
@@ -193,7 +199,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, _astronaut: np.ndarray)
     workspace = tmp_path_factory.mktemp("tiny-model") / "ws"
     add_face_samples(workspace, _astronaut)
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "EXPR_DOWNLOADS": "0"}
-    done = subprocess.run([sys.executable, "-m", "expr_core", "train", "--workspace", str(workspace), *TINY_ARGS,
-                           "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "expr_core", "train", "--workspace", str(workspace), *TINY_ARGS, "--json"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return workspace

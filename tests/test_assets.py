@@ -21,8 +21,12 @@ def published(tmp_path):
     source = tmp_path / "server" / "weights.bin"
     source.parent.mkdir()
     source.write_bytes(PAYLOAD)
-    return Asset(filename="weights.bin", url=source.as_uri(),
-                 digest="sha256:" + hashlib.sha256(PAYLOAD).hexdigest(), description="test weights")
+    return Asset(
+        filename="weights.bin",
+        url=source.as_uri(),
+        digest="sha256:" + hashlib.sha256(PAYLOAD).hexdigest(),
+        description="test weights",
+    )
 
 
 def _leftovers(folder):

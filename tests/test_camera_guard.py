@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def live_context(last_rendered: int):
     """A context as the library leaves it while the camera plays, last rendered at run ``last_rendered``."""
-    context = component.WebRtcStreamerContext(worker=None, state=component.WebRtcStreamerState(playing=True, signalling=False))
+    context = component.WebRtcStreamerContext(
+        worker=None, state=component.WebRtcStreamerState(playing=True, signalling=False)
+    )
     context._last_rendered_run_count = last_rendered
     context._sdp_answer_json = '{"type": "answer", "sdp": "v=0"}'
     return context

@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from expr_core.capture import BurstRequest, Recorder, SampleWriter, annotate_capture_frame
 from expr_core.errors import UserError
-from expr_core.faces import crop_face
+from expr_core.live.capture import BurstRequest, Recorder, SampleWriter, annotate_capture_frame
+from expr_core.vision.faces import crop_face
 
 
 class Clock:
@@ -51,14 +51,14 @@ def test_burst_waits_for_countdown_then_takes_count_crops_at_interval(rig, store
     recorder.on_frame(frame, faces)
     assert recorder.status().phase == "countdown" and recorder.status().taken == 0
     clock.t += 2.0
-    recorder.on_frame(frame, faces)          # due: first crop
-    recorder.on_frame(frame, faces)          # same instant: not due again
+    recorder.on_frame(frame, faces)  # due: first crop
+    recorder.on_frame(frame, faces)  # same instant: not due again
     clock.t += 0.5
     recorder.on_frame(frame, faces)
     clock.t += 0.5
     recorder.on_frame(frame, faces)
     clock.t += 0.5
-    recorder.on_frame(frame, faces)          # burst finished: ignored
+    recorder.on_frame(frame, faces)  # burst finished: ignored
     writer.flush()
     samples = store.samples("happy")
     assert len(samples) == 3
@@ -70,7 +70,7 @@ def test_burst_waits_for_countdown_then_takes_count_crops_at_interval(rig, store
 
 
 def test_frames_without_faces_are_skipped_not_counted(rig, store, frame):
-    writer, clock, recorder = rig
+    writer, _clock, recorder = rig
     recorder.start(BurstRequest("sad", count=1, countdown_s=0))
     recorder.on_frame(frame, [])
     writer.flush()
@@ -79,7 +79,7 @@ def test_frames_without_faces_are_skipped_not_counted(rig, store, frame):
 
 
 def test_all_faces_mode_saves_every_face_largest_mode_one(rig, store, two_faces, haar):
-    writer, clock, recorder = rig
+    writer, _clock, recorder = rig
     faces = haar.detect(two_faces)
     assert len(faces) == 2
     recorder.start(BurstRequest("happy", count=1, countdown_s=0, largest_only=False))
@@ -91,7 +91,7 @@ def test_all_faces_mode_saves_every_face_largest_mode_one(rig, store, two_faces,
 
 
 def test_crops_never_contain_the_overlay(rig, store, frame, haar):
-    writer, clock, recorder = rig
+    writer, _clock, recorder = rig
     recorder.start(BurstRequest("happy", count=1, countdown_s=0))
     clean = frame.copy()
     annotated = annotate_capture_frame(frame, haar.detect(frame), recorder)
@@ -104,7 +104,7 @@ def test_crops_never_contain_the_overlay(rig, store, frame, haar):
 
 
 def test_a_failed_write_stops_the_burst_with_a_message(rig, store, frame, haar):
-    writer, clock, recorder = rig
+    writer, _clock, recorder = rig
     recorder.start(BurstRequest("happy", count=5, countdown_s=0))
     store.delete_label("happy")  # e.g. deleted by a teammate meanwhile
     recorder.on_frame(frame, haar.detect(frame))
@@ -114,12 +114,15 @@ def test_a_failed_write_stops_the_burst_with_a_message(rig, store, frame, haar):
     assert store.samples() == []
 
 
-@pytest.mark.parametrize("request_, message", [
-    (BurstRequest("", count=3), "Pick a label"),
-    (BurstRequest("angry", count=3), "Pick a label"),
-    (BurstRequest("happy", count=0), "1 to 500"),
-    (BurstRequest("happy", count=3, interval_s=0), "interval"),
-])
+@pytest.mark.parametrize(
+    "request_, message",
+    [
+        (BurstRequest("", count=3), "Pick a label"),
+        (BurstRequest("angry", count=3), "Pick a label"),
+        (BurstRequest("happy", count=0), "1 to 500"),
+        (BurstRequest("happy", count=3, interval_s=0), "interval"),
+    ],
+)
 def test_bad_requests_are_refused(request_, message):
     with pytest.raises(UserError, match=message):
         request_.validate(["happy", "sad"])

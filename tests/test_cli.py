@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from expr_core.cli import EXIT_BAD_INPUT, EXIT_PARTIAL, main
-from expr_core.dataset import DatasetStore
+from expr_core.data.store import DatasetStore
 
 
 def overlaps_astronaut(box) -> bool:
     x, y, w, h = box
-    return x < 178 + 90 and 178 < x + w and y < 63 + 113 and 63 < y + h and 60 < w < 160
+    return x < 178 + 90 and x + w > 178 and y < 63 + 113 and y + h > 63 and 60 < w < 160
 
 
 @pytest.fixture
@@ -37,12 +37,18 @@ def notes_jpg(tmp_path):
 # -- detect -----------------------------------------------------------------------------------------
 def test_detect_json_in_a_subprocess(run_cli, face_jpg, blank_jpg, notes_jpg, tmp_path):
     missing = tmp_path / "missing.jpg"
-    result = run_cli("detect", face_jpg, missing, blank_jpg, notes_jpg, tmp_path / "photos", "--json",
-                     "--detector", "haar")
+    result = run_cli(
+        "detect", face_jpg, missing, blank_jpg, notes_jpg, tmp_path / "photos", "--json", "--detector", "haar"
+    )
     assert result.returncode == EXIT_PARTIAL, result.stderr
     out = json.loads(result.stdout)
-    assert [entry["image"] for entry in out] == [str(face_jpg), str(missing), str(blank_jpg), str(notes_jpg),
-                                                 str(tmp_path / "photos")]
+    assert [entry["image"] for entry in out] == [
+        str(face_jpg),
+        str(missing),
+        str(blank_jpg),
+        str(notes_jpg),
+        str(tmp_path / "photos"),
+    ]
     face, gone, blank, notes, folder = out
     assert face["error"] is None and len(face["faces"]) == 1
     assert overlaps_astronaut(face["faces"][0]["box"]) and face["faces"][0]["score"] == 1.0
@@ -87,8 +93,9 @@ def test_detect_needs_an_image():
 # -- dataset ----------------------------------------------------------------------------------------
 def test_dataset_import_stats_export_in_a_subprocess(run_cli, face_jpg, tmp_path):
     ws = tmp_path / "ws"
-    result = run_cli("dataset", "import", "--workspace", ws, "--label", "happy", face_jpg, "--json",
-                     "--detector", "haar")
+    result = run_cli(
+        "dataset", "import", "--workspace", ws, "--label", "happy", face_jpg, "--json", "--detector", "haar"
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["added"] == {"happy": 1} and summary["skipped"] == 0 and summary["session"]
@@ -128,8 +135,20 @@ def test_import_from_folder_cropped(capsys, tmp_path, astronaut_bgr):
 
 def test_import_reports_skipped_images_on_stderr(capsys, tmp_path, face_jpg, blank_jpg):
     ws = tmp_path / "ws"
-    code = main(["dataset", "import", "--workspace", str(ws), "--label", "sad", str(face_jpg.parent),
-                 "--detector", "haar", "--json"])
+    code = main(
+        [
+            "dataset",
+            "import",
+            "--workspace",
+            str(ws),
+            "--label",
+            "sad",
+            str(face_jpg.parent),
+            "--detector",
+            "haar",
+            "--json",
+        ]
+    )
     assert code == EXIT_PARTIAL  # some inputs were skipped; the rest were imported
     captured = capsys.readouterr()
     assert json.loads(captured.out)["added"] == {"sad": 1} and json.loads(captured.out)["skipped"] == 1
@@ -139,8 +158,17 @@ def test_import_reports_skipped_images_on_stderr(capsys, tmp_path, face_jpg, bla
 def test_import_all_faces_flag(capsys, tmp_path, astronaut_bgr):
     path = tmp_path / "two.jpg"
     cv2.imwrite(str(path), np.hstack([astronaut_bgr, astronaut_bgr]))
-    args = ["dataset", "import", "--workspace", str(tmp_path / "ws"), "--label", "happy", str(path),
-            "--detector", "haar"]
+    args = [
+        "dataset",
+        "import",
+        "--workspace",
+        str(tmp_path / "ws"),
+        "--label",
+        "happy",
+        str(path),
+        "--detector",
+        "haar",
+    ]
     assert main([*args, "--all-faces"]) == 0
     assert "added 2 sample(s)" in capsys.readouterr().out
 
@@ -148,16 +176,41 @@ def test_import_all_faces_flag(capsys, tmp_path, astronaut_bgr):
 def test_export_then_import_into_a_new_workspace(capsys, tmp_path, face_jpg, astronaut_bgr):
     ws = tmp_path / "ws"
     main(["dataset", "labels", "--workspace", str(ws), "--add", "neutral"])
-    main(["dataset", "import", "--workspace", str(ws), "--label", "happy", str(face_jpg), str(face_jpg),
-          "--detector", "haar"])
+    main(
+        [
+            "dataset",
+            "import",
+            "--workspace",
+            str(ws),
+            "--label",
+            "happy",
+            str(face_jpg),
+            str(face_jpg),
+            "--detector",
+            "haar",
+        ]
+    )
     main(["dataset", "import", "--workspace", str(ws), "--label", "neutral", str(face_jpg), "--detector", "haar"])
     out = tmp_path / "all.zip"
     assert main(["dataset", "export", "--workspace", str(ws), str(out)]) == 0
     with zipfile.ZipFile(out) as zf:
         zf.extractall(tmp_path / "unzipped")
     ws2 = tmp_path / "ws2"
-    assert main(["dataset", "import", "--workspace", str(ws2), "--from-folder", str(tmp_path / "unzipped"),
-                 "--detector", "haar"]) == 0  # crops still contain a detectable face
+    assert (
+        main(
+            [
+                "dataset",
+                "import",
+                "--workspace",
+                str(ws2),
+                "--from-folder",
+                str(tmp_path / "unzipped"),
+                "--detector",
+                "haar",
+            ]
+        )
+        == 0
+    )  # crops still contain a detectable face
     capsys.readouterr()
     main(["dataset", "stats", "--workspace", str(ws), "--json"])
     main(["dataset", "stats", "--workspace", str(ws2), "--json"])
@@ -183,14 +236,17 @@ def test_labels_delete_with_samples_needs_the_flag(capsys, tmp_path, face_jpg):
     assert DatasetStore(tmp_path / "ws").stats() == {"happy": 0}
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["dataset", "import", "x.jpg"], "Give either --label L with paths, or --from-folder DIR"),
-    (["dataset", "import", "--label", "happy", "--from-folder", "d"], "Give either --label L"),
-    (["dataset", "import", "--label", "happy"], "Name at least one image"),
-    (["dataset", "export", "out.tar"], "the export file name must end in .zip"),
-    (["dataset", "labels", "--add", "../x"], "'../x' is not allowed"),
-    (["dataset", "labels", "--rename", "nope", "x"], "There is no label 'nope'"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["dataset", "import", "x.jpg"], "Give either --label L with paths, or --from-folder DIR"),
+        (["dataset", "import", "--label", "happy", "--from-folder", "d"], "Give either --label L"),
+        (["dataset", "import", "--label", "happy"], "Name at least one image"),
+        (["dataset", "export", "out.tar"], "the export file name must end in .zip"),
+        (["dataset", "labels", "--add", "../x"], "'../x' is not allowed"),
+        (["dataset", "labels", "--rename", "nope", "x"], "There is no label 'nope'"),
+    ],
+)
 def test_usage_errors_exit_2_with_a_message_and_write_nothing(capsys, tmp_path, argv, message):
     ws = tmp_path / "ws"
     code = main([*argv[:2], "--workspace", str(ws), *argv[2:]])

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from expr_core.dataset import DEFAULT_LABELS, MAX_LABEL_LEN, DatasetStore, NewSample, Sample, validate_label
+from expr_core.data.store import DEFAULT_LABELS, MAX_LABEL_LEN, DatasetStore, NewSample, Sample, validate_label
 from expr_core.errors import DatasetError, InvalidLabel
 
 
@@ -106,7 +106,9 @@ def test_bad_label_on_a_fresh_workspace_creates_no_folder(store, settings, name)
     assert not settings.workspace.exists()
 
 
-@pytest.mark.parametrize("name", ["fröhlich", "笑顔", "खुश", "ยิ้ม", "سعيد", "Überrascht 2", "very-happy_1", "x" * MAX_LABEL_LEN])
+@pytest.mark.parametrize(
+    "name", ["fröhlich", "笑顔", "खुश", "ยิ้ม", "سعيد", "Überrascht 2", "very-happy_1", "x" * MAX_LABEL_LEN]
+)
 def test_unicode_and_plain_labels_are_accepted(store, name):
     assert store.add_label(name) == name
     store.add_samples([new(label=name)])
@@ -161,15 +163,24 @@ def test_rename_keeps_samples_and_files(store):
 # -- samples ----------------------------------------------------------------------------------------
 def test_add_samples_records_everything(store):
     before = time.time()
-    [sample] = store.add_samples([new("sad", "upload", "sess-42", score=0.912345678, captured_by="ana",
-                                      subject="p1", origin="me.jpg")])
+    [sample] = store.add_samples(
+        [new("sad", "upload", "sess-42", score=0.912345678, captured_by="ana", subject="p1", origin="me.jpg")]
+    )
     assert sample.label == "sad" and sample.source == "upload" and sample.session == "sess-42"
     assert sample.score == 0.9123 and sample.captured_by == "ana" and sample.subject == "p1"
     assert before - 1 <= sample.created <= time.time() + 1
     line = json.loads((store.root / "manifest.jsonl").read_text(encoding="utf-8").splitlines()[-1])
-    assert line == {"id": sample.id, "label": "sad", "source": "upload", "session": "sess-42",
-                    "created": sample.created, "score": 0.9123, "captured_by": "ana", "subject": "p1",
-                    "origin": "me.jpg"}
+    assert line == {
+        "id": sample.id,
+        "label": "sad",
+        "source": "upload",
+        "session": "sess-42",
+        "created": sample.created,
+        "score": 0.9123,
+        "captured_by": "ana",
+        "subject": "p1",
+        "origin": "me.jpg",
+    }
     image = store.load_image(sample)
     assert image.shape == (48, 48, 3)
     assert np.abs(image.astype(int) - crop()).mean() < 3
@@ -218,7 +229,7 @@ def test_delete_all(store):
 
 
 def test_sample_group_for_validation_splits():
-    base = dict(id="i", label="happy", created=0.0, session="s")
+    base = {"id": "i", "label": "happy", "created": 0.0, "session": "s"}
     assert Sample(**base, source="import", subject="bob").group == "subject:bob"
     assert Sample(**base, source="import", origin="a.jpg").group == "origin:a.jpg"
     assert Sample(**base, source="webcam", origin="a.jpg").group == "session:s"
@@ -274,8 +285,9 @@ def test_concurrent_threads_lose_nothing(settings):
         def run():
             try:
                 fn()
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
+
         return run
 
     def writer(n):

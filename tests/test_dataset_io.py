@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from expr_core.dataset import DatasetStore, NewSample
-from expr_core.dataset_io import ImportOptions, export_zip, import_paths, import_uploads
+from expr_core.data.store import DatasetStore, NewSample
+from expr_core.data.transfer import ImportOptions, export_zip, import_paths, import_uploads
 from expr_core.errors import BadInput, DatasetError
 
 
@@ -53,10 +53,11 @@ def test_import_single_image_detects_and_crops(store, settings, haar, face_jpg):
 
 
 def test_import_yunet_records_its_score(store, yunet_settings, face_jpg):
-    from expr_core.faces import make_detector
+    from expr_core.vision.faces import make_detector
 
-    report = import_paths(store, [face_jpg], make_detector("yunet", yunet_settings), yunet_settings,
-                          ImportOptions(label="sad"))
+    report = import_paths(
+        store, [face_jpg], make_detector("yunet", yunet_settings), yunet_settings, ImportOptions(label="sad")
+    )
     assert report.added == {"sad": 1}
     assert 0.6 < store.samples()[0].score < 1.0
 
@@ -79,18 +80,27 @@ def test_import_fer_layout_creates_labels(store, settings, fer_folder):
     assert store.load_image(store.samples("neutral")[0]).shape == (48, 48, 3)
 
 
-def test_import_folder_with_faces_skips_and_reports_images_without_one(store, settings, haar, tmp_path,
-                                                                          astronaut_jpeg, blank_jpeg):
+def test_import_folder_with_faces_skips_and_reports_images_without_one(
+    store, settings, haar, tmp_path, astronaut_jpeg, blank_jpeg
+):
     root = tmp_path / "photos"
-    for rel, data in {"happy/a.jpg": astronaut_jpeg, "happy/wall.jpg": blank_jpeg, "sad/b.jpg": astronaut_jpeg,
-                      "loose.jpg": astronaut_jpeg, "happy/broken.jpg": b"nope"}.items():
+    for rel, data in {
+        "happy/a.jpg": astronaut_jpeg,
+        "happy/wall.jpg": blank_jpeg,
+        "sad/b.jpg": astronaut_jpeg,
+        "loose.jpg": astronaut_jpeg,
+        "happy/broken.jpg": b"nope",
+    }.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
     report = import_paths(store, [root], haar, settings, ImportOptions())
     assert report.added == {"happy": 1, "sad": 1}
     skipped = {name.removeprefix(str(root) + "/"): reason for name, reason in report.skipped}
-    assert skipped == {"happy/broken.jpg": "not an image file this app can read (JPEG, PNG, BMP, WebP, TIFF, GIF).",
-                       "happy/wall.jpg": "no face found.", "loose.jpg": "not inside a label folder"}
+    assert skipped == {
+        "happy/broken.jpg": "not an image file this app can read (JPEG, PNG, BMP, WebP, TIFF, GIF).",
+        "happy/wall.jpg": "no face found.",
+        "loose.jpg": "not inside a label folder",
+    }
 
 
 def test_import_all_faces(store, settings, haar, tmp_path, astronaut_bgr):
@@ -104,8 +114,16 @@ def test_import_all_faces(store, settings, haar, tmp_path, astronaut_bgr):
 
 def test_import_zip_with_nested_folders(store, settings, haar, tmp_path, astronaut_jpeg, zip_bytes):
     archive = tmp_path / "faces.zip"
-    archive.write_bytes(zip_bytes({"export/happy/a.jpg": astronaut_jpeg, "export/sad/x/b.jpg": astronaut_jpeg,
-                                   "export/README.txt": b"hi", "__MACOSX/._a.jpg": b"junk"}))
+    archive.write_bytes(
+        zip_bytes(
+            {
+                "export/happy/a.jpg": astronaut_jpeg,
+                "export/sad/x/b.jpg": astronaut_jpeg,
+                "export/README.txt": b"hi",
+                "__MACOSX/._a.jpg": b"junk",
+            }
+        )
+    )
     report = import_paths(store, [archive], haar, settings, ImportOptions())
     assert report.added == {"happy": 1, "x": 1}  # the label is the image's parent folder
     assert store.samples("happy")[0].origin == f"{archive}/export/happy/a.jpg"
@@ -145,7 +163,10 @@ def test_unusable_folder_names_are_skipped_and_reported(store, settings, tmp_pat
     report = import_paths(store, [root], None, settings, ImportOptions(cropped=True))
     assert report.added == {"happy": 1}
     assert sorted(reason for _, reason in report.skipped) == [
-        "folder '-x' is not a usable label", "folder 'con' is not a usable label", "folder 'images' is not a usable label"]
+        "folder '-x' is not a usable label",
+        "folder 'con' is not a usable label",
+        "folder 'images' is not a usable label",
+    ]
     assert store.labels() == ["happy", "sad"]
 
 
@@ -184,8 +205,7 @@ def test_import_unknown_label_or_missing_path_writes_nothing(store, settings, ha
 
 
 def test_import_uploads(store, settings, haar, astronaut_jpeg, zip_bytes):
-    files = [("me.jpg", astronaut_jpeg), ("more.ZIP", zip_bytes({"sad/x.jpg": astronaut_jpeg})),
-             ("empty.png", b"")]
+    files = [("me.jpg", astronaut_jpeg), ("more.ZIP", zip_bytes({"sad/x.jpg": astronaut_jpeg})), ("empty.png", b"")]
     report = import_uploads(store, files, haar, settings, ImportOptions(label="happy", source="upload"))
     assert report.added == {"happy": 2}
     assert report.skipped == [("empty.png", "the file is empty (0 bytes).")]

@@ -11,7 +11,7 @@ import pytest
 
 from expr_core import assets
 from expr_core.errors import ModelFileError
-from expr_core.faces import (
+from expr_core.vision.faces import (
     Face,
     HaarDetector,
     YuNetDetector,
@@ -67,7 +67,7 @@ def test_detection_on_a_smaller_copy_returns_faces_in_frame_pixels(yunet_setting
     full = detector.detect(astronaut_bgr)[0]
     small = detect_downscaled(detector, astronaut_bgr, 256)  # half size
     assert len(small) == 1 and iou(small[0].box, full.box) > 0.85, (small, full)
-    for (x, y), (fx, fy) in zip(small[0].landmarks, full.landmarks):
+    for (x, y), (fx, fy) in zip(small[0].landmarks, full.landmarks, strict=True):
         assert abs(x - fx) < 6 and abs(y - fy) < 6
     assert detect_downscaled(detector, astronaut_bgr, None) == detector.detect(astronaut_bgr)
 
@@ -88,7 +88,7 @@ def test_yunet_is_safe_to_share_between_threads(yunet_settings, astronaut_bgr):
         try:
             for _ in range(3):
                 boxes.append(detector.detect(astronaut_bgr)[0].box)
-        except Exception as exc:  # noqa: BLE001 - reported below
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work) for _ in range(4)]
@@ -193,7 +193,7 @@ def test_yunet_from_cache_when_models_folder_lacks_it(settings, shared_models, a
 def _check_square(box, face, margin, width, height):
     x, y, w, h = box
     assert w == h >= 1, box
-    assert 0 <= x and 0 <= y and x + w <= width and y + h <= height, (box, width, height)
+    assert x >= 0 and y >= 0 and x + w <= width and y + h <= height, (box, width, height)
     fx, fy, fw, fh = face
     wanted = int(round(max(fw, fh) * (1 + 2 * margin)))
     assert w == min(max(1, wanted), width, height)
@@ -225,18 +225,21 @@ def test_square_box_non_square_face_uses_the_long_side():
     assert box == (180, 100, 80, 80)
 
 
-@pytest.mark.parametrize("face,width,height", [
-    ((0, 0, 640, 480), 640, 480),      # face fills the frame
-    ((-50, -50, 900, 900), 640, 480),  # bigger than the frame
-    ((0, 10, 200, 300), 150, 400),     # taller than the frame is wide
-    ((0, 0, 3, 3), 4, 4),              # tiny frame
-    ((0, 0, 1, 1), 1, 1),              # one pixel
-    ((2, 2, 0, 0), 5, 5),              # degenerate box
-])
+@pytest.mark.parametrize(
+    "face,width,height",
+    [
+        ((0, 0, 640, 480), 640, 480),  # face fills the frame
+        ((-50, -50, 900, 900), 640, 480),  # bigger than the frame
+        ((0, 10, 200, 300), 150, 400),  # taller than the frame is wide
+        ((0, 0, 3, 3), 4, 4),  # tiny frame
+        ((0, 0, 1, 1), 1, 1),  # one pixel
+        ((2, 2, 0, 0), 5, 5),  # degenerate box
+    ],
+)
 def test_square_box_for_big_faces_and_tiny_frames(face, width, height):
     x, y, w, h = square_box(face, 0.2, width, height)
     assert w == h and 1 <= w <= min(width, height)
-    assert 0 <= x and 0 <= y and x + w <= width and y + h <= height
+    assert x >= 0 and y >= 0 and x + w <= width and y + h <= height
 
 
 @pytest.mark.parametrize("corner", ["tl", "tr", "bl", "br"])
@@ -245,7 +248,7 @@ def test_crop_face_at_the_corners_is_a_real_crop_of_the_face(corner):
     frame = np.zeros((300, 400, 3), np.uint8)
     fx = 0 if corner[1] == "l" else 400 - 50
     fy = 0 if corner[0] == "t" else 300 - 50
-    frame[fy:fy + 50, fx:fx + 50] = 255  # the "face"
+    frame[fy : fy + 50, fx : fx + 50] = 255  # the "face"
     crop = crop_face(frame, Face((fx, fy, 50, 50), 0.9), margin=0.5, size=100)
     assert crop.shape == (100, 100, 3) and crop.dtype == np.uint8
     # the face takes half of the 100-pixel crop on each axis and sits at the frame corner's side of it
@@ -269,7 +272,7 @@ def test_crop_face_on_grayscale_and_tiny_frames():
 
 def test_crop_face_is_centred_on_the_face(astronaut_bgr):
     x, y, w, h = square_box(ASTRONAUT_FACE, 0.2, 512, 512)
-    expected = astronaut_bgr[y:y + h, x:x + w]
+    expected = astronaut_bgr[y : y + h, x : x + w]
     crop = crop_face(astronaut_bgr, Face(ASTRONAUT_FACE, 0.9), margin=0.2, size=w)
     assert np.array_equal(crop, expected)
     assert abs((x + w / 2) - (178 + 45)) <= 1 and abs((y + h / 2) - (63 + 56.5)) <= 1

@@ -22,15 +22,16 @@ import cv2
 import numpy as np
 import pytest
 
-from expr_core import jobs
-from expr_core.capture import BurstRequest, Recorder, SampleWriter
-from expr_core.dataset import JPEG_QUALITY, DatasetStore, NewSample
+from expr_core.data.store import JPEG_QUALITY, DatasetStore, NewSample
 from expr_core.errors import DiskFull
-from expr_core.faces import Face, crop_face
+from expr_core.jobs import runs
+from expr_core.live.capture import BurstRequest, Recorder, SampleWriter
 from expr_core.registry import ACTIVE_FILE, Registry, RegistryError
+from expr_core.vision.faces import Face, crop_face
 from tests.conftest import REPO, snapshot
 from tests.test_jobs import _fake_published_run
 from tests.test_train_split import TINY_ARGS, add_face_samples
+from tests.waiting import wait_for
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TORN = b'{"id": "torn-'  # the start of the manifest lines torn on purpose below
@@ -39,8 +40,11 @@ TORN = b'{"id": "torn-'  # the start of the manifest lines torn on purpose below
 # -- helpers ----------------------------------------------------------------------------------------
 def complete_jpeg(path: Path) -> bool:
     data = path.read_bytes()
-    return (data.startswith(b"\xff\xd8") and data.endswith(b"\xff\xd9")
-            and cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is not None)
+    return (
+        data.startswith(b"\xff\xd8")
+        and data.endswith(b"\xff\xd9")
+        and cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is not None
+    )
 
 
 def check_dataset(store: DatasetStore, orphans_allowed: bool = True) -> list:
@@ -81,8 +85,8 @@ def face_crops(photo: np.ndarray, haar, size: int, n: int = 8) -> list[np.ndarra
 WRITER = """
 import sys, threading
 import numpy as np
-from expr_core.capture import SampleWriter
-from expr_core.dataset import DatasetStore, NewSample
+from expr_core.live.capture import SampleWriter
+from expr_core.data.store import DatasetStore, NewSample
 
 workspace, crops_file, tag = sys.argv[1:4]
 crops = np.load(crops_file)
@@ -92,7 +96,8 @@ i = 0
 while True:
     done = threading.Event()
     session = f"{tag}-{i}"
-    batch = [NewSample(crops[(i + k) % len(crops)], ("happy", "sad")[i % 2], "webcam", session) for k in range(1 + i % 3)]
+    label = ("happy", "sad")[i % 2]
+    batch = [NewSample(label, "webcam", session, image=crops[(i + k) % len(crops)]) for k in range(1 + i % 3)]
 
     def report(saved, error, session=session):
         print(f"saved {session} {saved} {error or ''}", flush=True)
@@ -106,8 +111,13 @@ while True:
 
 def _start_writer(workspace: Path, crops_file: Path, tag: str) -> tuple[subprocess.Popen, list[str]]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(workspace), str(crops_file), tag], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(workspace), str(crops_file), tag],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     lines: list[str] = []
 
     def read() -> None:
@@ -121,12 +131,8 @@ def _start_writer(workspace: Path, crops_file: Path, tag: str) -> tuple[subproce
     return proc, lines
 
 
-def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert proc.poll() is None, f"the writer died before {what}: {proc.stderr.read().decode()[-2000:]}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
+def _writer_died(proc: subprocess.Popen) -> str | None:
+    return None if proc.poll() is None else f"the writer died: {proc.stderr.read().decode()[-2000:]}"
 
 
 def test_a_writer_killed_at_random_moments_never_leaves_a_partial_sample(tmp_path, settings, astronaut_bgr, haar):
@@ -146,7 +152,13 @@ def test_a_writer_killed_at_random_moments_never_leaves_a_partial_sample(tmp_pat
             with open(store.root / "manifest.jsonl", "ab") as handle:
                 handle.write(TORN + b'%d", "label": "hap' % rounds)
         proc, lines = _start_writer(settings.workspace, crops_file, f"r{rounds}")
-        _wait_for(lambda: any(line.startswith("saved") for line in lines), proc, "its first save")
+        wait_for(
+            lambda lines=lines: any(line.startswith("saved") for line in lines),
+            120,
+            "its first save",
+            0.01,
+            alive=lambda proc=proc: _writer_died(proc),
+        )
         time.sleep(rng.uniform(0, 0.3))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -170,7 +182,9 @@ def test_a_writer_killed_at_random_moments_never_leaves_a_partial_sample(tmp_pat
     assert interrupted >= 3, f"only {interrupted} of {rounds} kills landed inside a write (seed {seed})"
 
     # The next writer appends fine after all that.
-    more = store.add_samples([NewSample(c, "sad", "webcam", "after") for c in face_crops(astronaut_bgr, haar, 64, 2)])
+    more = store.add_samples(
+        [NewSample("sad", "webcam", "after", image=c) for c in face_crops(astronaut_bgr, haar, 64, 2)]
+    )
     samples = check_dataset(store)
     assert [s.id for s in samples[-2:]] == [s.id for s in more]
 
@@ -183,12 +197,15 @@ def small_disk(tmp_path):
 
     def mount(size: str) -> Path:
         if os.geteuid() != 0:
-            pytest.skip("a full disk is simulated with a small tmpfs, and mounting one needs root "
-                        "(the CI runs the suite as root)")
+            pytest.skip(
+                "a full disk is simulated with a small tmpfs, and mounting one needs root "
+                "(the CI runs the suite as root)"
+            )
         target = tmp_path / f"disk-{len(mounted)}"
         target.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)], capture_output=True, text=True
+        )
         if done.returncode:
             pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); run as root outside a user namespace")
         mounted.append(target)
@@ -213,7 +230,8 @@ def fill(folder: Path) -> Path:
 
 
 def test_capture_onto_a_full_disk_stops_with_a_clear_message_and_leaves_nothing_half_written(
-        small_disk, astronaut_bgr, haar):
+    small_disk, astronaut_bgr, haar
+):
     disk = small_disk("1m")
     room = disk / "other-files.bin"
     room.write_bytes(os.urandom(200_000))  # someone else's files, deleted later to free some space
@@ -249,7 +267,7 @@ def test_capture_onto_a_full_disk_stops_with_a_clear_message_and_leaves_nothing_
     status = recorder.status()
     assert status.error is None and status.saved["happy"] == len(samples) + 3
     after = check_dataset(store, orphans_allowed=False)
-    assert after[:len(samples)] == samples and len(after) == len(samples) + 3
+    assert after[: len(samples)] == samples and len(after) == len(samples) + 3
     assert {k: v for k, v in snapshot(store.images_dir).items() if k in before} == before
 
 
@@ -260,7 +278,7 @@ def test_a_full_disk_while_appending_the_manifest_leaves_it_as_it_was(small_disk
     tiny = np.full((8, 8, 3), 120, np.uint8)
     manifest = store.root / "manifest.jsonl"
     while True:  # grow the manifest until its last page has less room left than one more line needs
-        store.add_samples([NewSample(tiny, "happy", "webcam", "s")])
+        store.add_samples([NewSample("happy", "webcam", "s", image=tiny)])
         line = len(manifest.read_bytes().splitlines()[-1]) + 1
         if 0 < PAGE - manifest.stat().st_size % PAGE < line - 20:
             break
@@ -271,18 +289,17 @@ def test_a_full_disk_while_appending_the_manifest_leaves_it_as_it_was(small_disk
     before = snapshot(store.root)
 
     with pytest.raises(DiskFull, match="The disk is full: could not write to .*Free some space"):
-        store.add_samples([NewSample(crop, "sad", "webcam", "s2")])
+        store.add_samples([NewSample("sad", "webcam", "s2", image=crop)])
     assert snapshot(store.root) == before  # no torn line, no orphan image, no temp file
     check_dataset(store, orphans_allowed=False)
 
     filler.unlink()
-    (added,) = store.add_samples([NewSample(crop, "sad", "webcam", "s2")])
+    (added,) = store.add_samples([NewSample("sad", "webcam", "s2", image=crop)])
     assert store.samples()[-1] == added and check_dataset(store, orphans_allowed=False)
 
 
 @pytest.mark.parametrize("size, where", [("2m", "the head's checkpoint file"), ("6m", "the model files")])
-def test_training_onto_a_full_disk_fails_clearly_and_publishes_nothing(small_disk, run_cli, astronaut_bgr,
-                                                                       size, where):
+def test_training_onto_a_full_disk_fails_clearly_and_publishes_nothing(small_disk, run_cli, astronaut_bgr, size, where):
     workspace = small_disk(size) / "ws"
     add_face_samples(workspace, astronaut_bgr)
     previous = _fake_published_run(workspace)
@@ -292,15 +309,15 @@ def test_training_onto_a_full_disk_fails_clearly_and_publishes_nothing(small_dis
     # ``where`` fills up first; HDF5 may still crash at exit after a failed write (exit 139), but only after
     # the outcome was recorded, which is what the app reads.
     assert done.returncode != 0, done.stdout
-    (run_id,) = [r for r in jobs.run_ids(workspace) if r != previous]
-    status = jobs.job_status(workspace, run_id)
+    (run_id,) = [r for r in runs.run_ids(workspace) if r != previous]
+    status = runs.run_status(workspace, run_id)
     assert status["state"] == "failed", status
     assert status["error"].startswith("The disk is full: could not write to") and "Free some space" in status["error"]
     assert "failed: The disk is full" in done.stderr
 
     assert snapshot(workspace / "dataset") == dataset_before
     assert (workspace / ACTIVE_FILE).read_bytes() == active_before and Registry(workspace).active_id() == previous
-    folder = jobs.run_dir(workspace, run_id)
+    folder = runs.run_dir(workspace, run_id)
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "events.jsonl", "status.json"]  # no model,
     assert not list(workspace.rglob(".tmp-*"))  # no staging folder, no scratch files, no temp files anywhere
     info = Registry(workspace).get(run_id)
@@ -320,9 +337,12 @@ time.sleep(float(sys.argv[2]))
 
 
 def _hold_lock(workspace: Path, seconds: float) -> subprocess.Popen:
-    jobs.runs_dir(workspace).mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(jobs.runs_dir(workspace) / jobs.LOCK_NAME), str(seconds)],
-                            stdout=subprocess.PIPE, text=True)
+    runs.runs_dir(workspace).mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(runs.runs_dir(workspace) / runs.LOCK_NAME), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline() == "locked\n"
     return proc
 
@@ -331,17 +351,17 @@ def test_a_start_right_after_a_worker_died_waits_for_its_lock_to_go(settings):
     """A SIGKILLed worker's main thread is a zombie (so its run already shows failed) while its other threads
     still tear down its memory, holding the lock: a start in that moment must wait, not refuse."""
     holder = _hold_lock(settings.workspace, 1.0)  # a lock that no active run explains, released soon
-    fd = jobs.acquire_lock(settings.workspace)
+    fd = runs.acquire_lock(settings.workspace)
     os.close(fd)
     assert holder.wait() == 0
 
 
 def test_a_lock_held_for_good_without_an_active_run_is_still_refused(settings, monkeypatch):
-    monkeypatch.setattr(jobs, "LOCK_SETTLE_S", 0.5)
+    monkeypatch.setattr(runs, "LOCK_SETTLE_S", 0.5)
     holder = _hold_lock(settings.workspace, 600)
     try:
-        with pytest.raises(jobs.JobRunning, match=r"already going on in this workspace \(starting\)"):
-            jobs.acquire_lock(settings.workspace)
+        with pytest.raises(runs.JobRunning, match=r"already going on in this workspace \(starting\)"):
+            runs.acquire_lock(settings.workspace)
     finally:
         holder.kill()
         holder.wait()

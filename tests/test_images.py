@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from expr_core import images
 from expr_core.errors import BadInput
-from expr_core.images import decode_image, iter_path_images, iter_zip_images, open_zip, read_file
+from expr_core.vision import images
+from expr_core.vision.images import decode_image, iter_path_images, iter_zip_images, open_zip, read_file
 
 
 # -- decode_image -----------------------------------------------------------------------------------
@@ -21,7 +21,7 @@ def test_decodes_jpeg_and_png_to_bgr(astronaut_bgr, astronaut_jpeg):
     from_jpeg = decode_image(astronaut_jpeg, "a.jpg")
     assert from_jpeg.shape == (512, 512, 3) and from_jpeg.dtype == np.uint8
     assert np.abs(from_jpeg.astype(int) - astronaut_bgr).mean() < 3  # BGR order kept, not swapped to RGB
-    ok, png = cv2.imencode(".png", astronaut_bgr)
+    _ok, png = cv2.imencode(".png", astronaut_bgr)
     assert np.array_equal(decode_image(png.tobytes(), "a.png"), astronaut_bgr)
 
 
@@ -34,8 +34,9 @@ def test_other_pixel_formats_become_bgr(mode):
 
 def test_exif_orientation_is_applied(astronaut_bgr):
     """A phone photo stored sideways with 'rotate 90' in EXIF is decoded upright."""
-    sideways = Image.fromarray(cv2.cvtColor(cv2.rotate(astronaut_bgr, cv2.ROTATE_90_COUNTERCLOCKWISE),
-                                            cv2.COLOR_BGR2RGB))
+    sideways = Image.fromarray(
+        cv2.cvtColor(cv2.rotate(astronaut_bgr, cv2.ROTATE_90_COUNTERCLOCKWISE), cv2.COLOR_BGR2RGB)
+    )
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: rotate 90 CW to display
     buf = io.BytesIO()
@@ -83,8 +84,15 @@ def test_image_just_under_the_limit_is_fine(png_with_size):
 
 # -- zip archives -----------------------------------------------------------------------------------
 def test_zip_images_with_folders(astronaut_jpeg, zip_bytes):
-    data = zip_bytes({"happy/a.jpg": astronaut_jpeg, "top/sad/b.PNG": b"png?", "readme.txt": b"hi",
-                      "happy/.hidden.jpg": b"x", "happy/": b""})
+    data = zip_bytes(
+        {
+            "happy/a.jpg": astronaut_jpeg,
+            "top/sad/b.PNG": b"png?",
+            "readme.txt": b"hi",
+            "happy/.hidden.jpg": b"x",
+            "happy/": b"",
+        }
+    )
     found = {(r.name, r.folder) for r in iter_zip_images(data, "set.zip")}
     assert found == {("set.zip/happy/a.jpg", "happy"), ("set.zip/top/sad/b.PNG", "sad")}
 
@@ -94,8 +102,9 @@ def test_zip_root_images_have_no_folder(astronaut_jpeg, zip_bytes):
     assert raw.folder is None and raw.data == astronaut_jpeg
 
 
-@pytest.mark.parametrize("member", ["../evil.jpg", "happy/../../evil.jpg", "/etc/evil.jpg", "\\evil.jpg",
-                                    "C:/evil.jpg", ""])
+@pytest.mark.parametrize(
+    "member", ["../evil.jpg", "happy/../../evil.jpg", "/etc/evil.jpg", "\\evil.jpg", "C:/evil.jpg", ""]
+)
 def test_zip_escaping_members_refuse_the_whole_archive(astronaut_jpeg, zip_bytes, member):
     data = zip_bytes({"happy/ok.jpg": astronaut_jpeg, member: astronaut_jpeg})
     with pytest.raises(BadInput, match="points outside the archive; refusing the whole archive"):

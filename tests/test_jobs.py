@@ -14,11 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from expr_core import atomic, jobs
+from expr_core import atomic
+from expr_core.jobs import folder as job
+from expr_core.jobs import runs
 from expr_core.registry import ACTIVE_FILE, Registry
 from expr_core.settings import Settings
 from tests.conftest import REPO, snapshot
 from tests.test_train_split import TINY, add_face_samples
+from tests.waiting import wait_for
 
 WAIT_S = 240  # generous: the machine may be shared; no test asserts on timing
 
@@ -30,23 +33,16 @@ def face_settings(settings: Settings, astronaut_bgr) -> Settings:
 
 
 def _events(workspace: Path, run_id: str) -> list[dict]:
-    return jobs.read_events(jobs.run_dir(workspace, run_id))[0]
-
-
-def _wait_for(predicate, timeout_s: float = WAIT_S, what: str = "condition", poll_s: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(poll_s)
+    return job.read_events(runs.run_dir(workspace, run_id))[0]
 
 
 def _fake_published_run(workspace: Path) -> str:
     """A finished run with a placeholder model file, made active: the 'previous model' a failure must not touch."""
-    run_id, folder = jobs.create_run(workspace, {"backbone": "earlier"})
+    run_id, folder = runs.create_run(workspace, {"backbone": "earlier"})
     (folder / "model").mkdir()
     (folder / "model" / "model.tflite").write_bytes(b"placeholder")
     atomic.write_json(folder / "model" / "labels.json", ["happy", "sad"])
-    atomic.write_json(folder / jobs.STATUS_FILE, {"run_id": run_id, "state": "done", "created": time.time()})
+    atomic.write_json(folder / job.STATUS_FILE, {"job_id": run_id, "state": "done", "created": time.time()})
     Registry(workspace).activate(run_id)
     return run_id
 
@@ -54,7 +50,7 @@ def _fake_published_run(workspace: Path) -> str:
 def test_server_modules_do_not_import_tensorflow():
     code = textwrap.dedent("""
         import sys
-        import expr_core.registry, expr_core.jobs, expr_core.serving, expr_core.split, expr_core.evaluate
+        import expr_core.registry, expr_core.jobs.folder, expr_core.serving, expr_core.data.split, expr_core.evaluate
         import expr_core.train_config
         print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")))
     """)
@@ -64,15 +60,19 @@ def test_server_modules_do_not_import_tensorflow():
 
 def test_a_background_job_trains_publishes_and_can_be_followed_from_the_files(face_settings: Settings):
     workspace = face_settings.workspace
-    run_id = jobs.start_training(face_settings, TINY)
-    assert jobs.job_status(workspace, run_id)["state"] in ("queued", "running")
+    run_id = runs.start_training(face_settings, TINY)
+    assert runs.run_status(workspace, run_id)["state"] in ("queued", "running")
     seen, offset = [], 0
-    while jobs.job_status(workspace, run_id)["state"] in jobs.ACTIVE_STATES:
-        new, offset = jobs.read_events(jobs.run_dir(workspace, run_id), offset)
+
+    def read_more() -> bool:
+        nonlocal seen, offset
+        new, offset = job.read_events(runs.run_dir(workspace, run_id), offset)
         seen += new
-        time.sleep(0.3)
-    seen += jobs.read_events(jobs.run_dir(workspace, run_id), offset)[0]
-    status = jobs.job_status(workspace, run_id)
+        return runs.run_status(workspace, run_id)["state"] not in job.ACTIVE_STATES
+
+    wait_for(read_more, WAIT_S, "the run to finish", 0.3)
+    seen += job.read_events(runs.run_dir(workspace, run_id), offset)[0]
+    status = runs.run_status(workspace, run_id)
     assert status["state"] == "done", status
     assert seen == _events(workspace, run_id)  # incremental reads lose and duplicate nothing
     kinds = {e["type"] for e in seen}
@@ -86,24 +86,24 @@ def test_a_background_job_trains_publishes_and_can_be_followed_from_the_files(fa
     assert metrics["accuracy"] == status["val_accuracy"] and len(metrics["confusion_matrix"]) == 2
     summary = registry.dataset_summary(run_id)
     assert not set(summary["train_ids"]) & set(summary["val_ids"])
-    assert not (jobs.run_dir(workspace, run_id) / "work").exists()
+    assert not (runs.run_dir(workspace, run_id) / "work").exists()
 
 
 def test_one_job_per_workspace_and_cancel_stops_it(face_settings: Settings):
     workspace = face_settings.workspace
     slow = dataclasses.replace(TINY, feature_copies=60, epochs_1=50)
-    run_id = jobs.start_training(face_settings, slow)
-    with pytest.raises(jobs.JobRunning, match=run_id):
-        jobs.start_training(face_settings, TINY)
-    _wait_for(lambda: any(e["type"] == "batch" for e in _events(workspace, run_id)), what="the first batch")
-    assert jobs.cancel(workspace, run_id)
-    status = jobs.wait(workspace, run_id, timeout_s=WAIT_S)
+    run_id = runs.start_training(face_settings, slow)
+    with pytest.raises(runs.JobRunning, match=run_id):
+        runs.start_training(face_settings, TINY)
+    wait_for(lambda: any(e["type"] == "batch" for e in _events(workspace, run_id)), WAIT_S, "the first batch")
+    assert runs.cancel(workspace, run_id)
+    status = job.wait(runs.run_dir(workspace, run_id), timeout_s=WAIT_S)
     assert status["state"] == "cancelled", status
     last = _events(workspace, run_id)[-1]
     assert (last["type"], last["state"]) == ("end", "cancelled")
-    assert not (jobs.run_dir(workspace, run_id) / "model").exists()
+    assert not (runs.run_dir(workspace, run_id) / "model").exists()
     assert Registry(workspace).active_id() is None
-    assert not jobs.cancel(workspace, run_id)  # nothing left to cancel
+    assert not runs.cancel(workspace, run_id)  # nothing left to cancel
 
 
 def test_a_killed_job_is_failed_changes_nothing_and_the_next_run_works(face_settings: Settings, astronaut_bgr):
@@ -111,51 +111,51 @@ def test_a_killed_job_is_failed_changes_nothing_and_the_next_run_works(face_sett
     add_face_samples(workspace, astronaut_bgr, per_session=15)  # more batches per epoch, so the kill lands mid-epoch
     previous = _fake_published_run(workspace)
     dataset_before, active_before = snapshot(workspace / "dataset"), (workspace / ACTIVE_FILE).read_bytes()
-    run_id = jobs.start_training(face_settings, TINY)
-    _wait_for(lambda: any(e["type"] == "batch" for e in _events(workspace, run_id)), what="the first batch",
-              poll_s=0.02)
-    pid = int(jobs.worker_identity(jobs.run_dir(workspace, run_id)).split(":")[0])
+    run_id = runs.start_training(face_settings, TINY)
+    wait_for(lambda: any(e["type"] == "batch" for e in _events(workspace, run_id)), WAIT_S, "the first batch", 0.02)
+    pid = int(job.worker_identity(runs.run_dir(workspace, run_id)).split(":")[0])
     os.kill(pid, signal.SIGKILL)
-    _wait_for(lambda: jobs.job_status(workspace, run_id)["state"] == "failed", what="the failure to be noticed")
-    status = jobs.job_status(workspace, run_id)
+    wait_for(lambda: runs.run_status(workspace, run_id)["state"] == "failed", WAIT_S, "the failure to be noticed")
+    status = runs.run_status(workspace, run_id)
     assert "stopped unexpectedly" in status["error"]
-    assert jobs.read_status(jobs.run_dir(workspace, run_id))["state"] == "failed"  # recorded, not only reported
+    assert job.read_status(runs.run_dir(workspace, run_id))["state"] == "failed"  # recorded, not only reported
     assert snapshot(workspace / "dataset") == dataset_before
     assert (workspace / ACTIVE_FILE).read_bytes() == active_before
-    assert not (jobs.run_dir(workspace, run_id) / "model").exists()
+    assert not (runs.run_dir(workspace, run_id) / "model").exists()
 
-    next_id = jobs.start_training(face_settings, TINY)  # the kernel released the dead worker's lock
-    assert jobs.wait(workspace, next_id, timeout_s=WAIT_S)["state"] == "done"
+    next_id = runs.start_training(face_settings, TINY)  # the kernel released the dead worker's lock
+    assert job.wait(runs.run_dir(workspace, next_id), timeout_s=WAIT_S)["state"] == "done"
     assert Registry(workspace).active_id() == previous  # a new model does not replace the active one by itself
 
 
 def test_events_are_read_incrementally_and_only_whole_lines(tmp_path: Path):
-    writer = jobs.JobWriter(tmp_path, "r")
+    writer = job.JobWriter(tmp_path)
     writer.event("info", message="one")
-    events, offset = jobs.read_events(tmp_path)
-    with open(tmp_path / jobs.EVENTS_FILE, "a") as handle:
+    events, offset = job.read_events(tmp_path)
+    with open(tmp_path / job.EVENTS_FILE, "a") as handle:
         handle.write('{"type": "info", "mess')  # a line still being written
-    assert jobs.read_events(tmp_path, offset) == ([], offset)
-    with open(tmp_path / jobs.EVENTS_FILE, "a") as handle:
+    assert job.read_events(tmp_path, offset) == ([], offset)
+    with open(tmp_path / job.EVENTS_FILE, "a") as handle:
         handle.write('age": "two"}\n')
-    later, _ = jobs.read_events(tmp_path, offset)
+    later, _ = job.read_events(tmp_path, offset)
     assert [e["message"] for e in events + later] == ["one", "two"]
     writer.close()
 
 
 def test_a_run_whose_worker_vanished_is_reported_failed(settings: Settings):
-    run_id, folder = jobs.create_run(settings.workspace, TINY.to_dict())
+    run_id, folder = runs.create_run(settings.workspace, TINY.to_dict())
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    identity = jobs.process_identity(dead.pid)
+    identity = job.process_identity(dead.pid)
     dead.wait()
-    atomic.write_json(folder / jobs.STATUS_FILE, {"run_id": run_id, "state": "running", "worker": identity,
-                                                  "created": time.time()})
-    (folder / jobs.LOG_FILE).write_text("Traceback ...\nMemoryError\n")
-    status = jobs.job_status(settings.workspace, run_id)
+    atomic.write_json(
+        folder / job.STATUS_FILE, {"run_id": run_id, "state": "running", "worker": identity, "created": time.time()}
+    )
+    (folder / job.LOG_FILE).write_text("Traceback ...\nMemoryError\n")
+    status = runs.run_status(settings.workspace, run_id)
     assert status["state"] == "failed" and "MemoryError" in status["error"]
-    assert json.loads((folder / jobs.STATUS_FILE).read_text())["state"] == "failed"
+    assert json.loads((folder / job.STATUS_FILE).read_text())["state"] == "failed"
 
 
 def test_run_ids_that_are_paths_are_refused(settings: Settings):
-    with pytest.raises(jobs.JobError, match="not a run id"):
-        jobs.job_status(settings.workspace, "../../etc")
+    with pytest.raises(job.JobError, match="not a run id"):
+        runs.run_status(settings.workspace, "../../etc")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from expr_core.faces import Face
-from expr_core.live import (
+from expr_core.live.pipeline import (
     EVERY_FACE,
     ClassifySchedule,
     FaceTracker,
@@ -16,6 +15,7 @@ from expr_core.live import (
     iou,
     label_color,
 )
+from expr_core.vision.faces import Face
 
 HAPPY, SAD = np.array([0.9, 0.1]), np.array([0.1, 0.9])
 
@@ -29,7 +29,7 @@ def test_iou():
 def _update(tracker: FaceTracker, faces: list[Face], probs: np.ndarray, now: float) -> list[Track]:
     """One frame in which every face is classified."""
     tracks = tracker.match(faces, now)
-    for track, p in zip(tracks, probs):
+    for track, p in zip(tracks, probs, strict=True):
         tracker.observe(track, p, now)
     return tracks
 
@@ -135,3 +135,47 @@ def test_frame_stats_and_caption():
 def test_every_label_of_a_model_has_its_own_colour():
     labels = ["happy", "sad", "neutral", "surprised"]
     assert len({label_color(label, labels) for label in labels}) == 4
+
+
+class _FixedModel:
+    """A served model's stand-in for the pipeline: fixed probabilities for every face."""
+
+    input_size = 32
+
+    def __init__(self, labels: list[str], probs: list[float]) -> None:
+        self.labels, self._probs = labels, np.array(probs)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return np.tile(self._probs, (len(batch), 1))
+
+
+class _OneFace:
+    name = "fixed"
+
+    def detect(self, frame: np.ndarray) -> list[Face]:
+        return [Face((40, 40, 80, 80), 0.9)]
+
+
+def test_a_face_unseen_for_longer_than_the_forget_time_comes_back_as_a_new_track():
+    tracker = FaceTracker(forget_after_s=0.5)
+    (first,) = _update(tracker, [Face((100, 100, 80, 80), 0.9)], np.array([HAPPY]), 0.0)
+    (later,) = tracker.match([Face((100, 100, 80, 80), 0.9)], 120.0)  # the same place, two minutes later
+    assert later.id != first.id and later.probs is None
+
+
+def test_activating_a_model_with_other_labels_while_streaming_resets_the_tracks():
+    from expr_core.live.pipeline import ExpressionPipeline
+
+    frame = np.full((200, 200, 3), 120, np.uint8)
+    pipeline = ExpressionPipeline(
+        _OneFace(), _FixedModel(["happy", "sad"], [0.8, 0.2]), detect_side=None, schedule=EVERY_FACE
+    )
+    assert [r.label for r in pipeline.process(frame, now=0.0)] == ["happy"]
+    three = _FixedModel(["angry", "happy", "sad"], [0.1, 0.2, 0.7])
+    pipeline.configure(three, 0.15, EVERY_FACE, None)
+    (reading,) = pipeline.process(frame, now=0.05)  # two labels' probabilities cannot blend with three
+    assert reading.label == "sad" and list(reading.probs) == ["angry", "happy", "sad"]
+    pipeline.configure(three, 0.0, ClassifySchedule(1), None)  # same labels: the tracks are kept
+    assert pipeline.tracker._tracks and pipeline.schedule == ClassifySchedule(1)
+    pipeline.configure(None, 0.0, EVERY_FACE, None)
+    assert pipeline.process(frame, now=0.1) == []

@@ -40,9 +40,15 @@ SCRIPT = textwrap.dedent(
 
 
 def test_rendering_every_page_never_imports_tensorflow(tmp_path):
-    env = {"EXPR_HOME": str(tmp_path / "ws"), "EXPR_DOWNLOADS": "0", "EXPR_MODELS_DIR": str(tmp_path / "m"),
-           "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=300)
+    env = {
+        "EXPR_HOME": str(tmp_path / "ws"),
+        "EXPR_DOWNLOADS": "0",
+        "EXPR_MODELS_DIR": str(tmp_path / "m"),
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PAGES" in result.stdout and "LOADED []" in result.stdout

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from pathlib import Path
 
 import av
@@ -12,15 +11,15 @@ import cv2
 import numpy as np
 import pytest
 
-from expr_core import jobs
+from expr_core.data.review import ReviewQueue, UncertainFaceKeeper
+from expr_core.data.store import DatasetStore
 from expr_core.errors import BadInput
-from expr_core.live import EVERY_FACE, ClassifySchedule, ExpressionPipeline
+from expr_core.jobs import folder as job
+from expr_core.jobs.video import delete_video_job, job_dir, output_paths, start_video_job, video_jobs
+from expr_core.live.pipeline import EVERY_FACE, ClassifySchedule, ExpressionPipeline
+from expr_core.live.video_file import process_video
 from expr_core.registry import Registry
-from expr_core.review import ReviewQueue, UncertainFaceKeeper
-from expr_core.dataset import DatasetStore
 from expr_core.serving import Classifier
-from expr_core.video import process_video
-from expr_core.video_jobs import delete_video_job, output_paths, start_video_job, video_jobs
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +40,7 @@ def scene(photo: np.ndarray, faces: int, shift: int = 0) -> np.ndarray:
     side = 300 if faces == 1 else 200
     for k in range(faces):
         x = 10 + shift + k * (side + 10)
-        frame[90:90 + side, x:x + side] = cv2.resize(portrait, (side, side))
+        frame[90 : 90 + side, x : x + side] = cv2.resize(portrait, (side, side))
     return frame
 
 
@@ -106,15 +105,20 @@ def test_a_video_is_annotated_with_a_table_of_expressions(classifier, haar, astr
     frames = [scene(astronaut_bgr, 1, shift=i) for i in range(20)] + [np.full((480, 640, 3), 90, np.uint8)] * 5
     src = write_clip(tmp_path / "in.mp4", frames)
     progress = []
-    result = process_video(src, tmp_path / "out.mp4", ExpressionPipeline(haar, classifier),
-                           on_progress=lambda done, total: progress.append(done))
+    result = process_video(
+        src,
+        tmp_path / "out.mp4",
+        ExpressionPipeline(haar, classifier),
+        on_progress=lambda done, total: progress.append(done),
+    )
     assert result.frames == 25 and result.frames_with_faces == 20 and not result.cancelled
     with av.open(str(result.video_path)) as container:
         stream = container.streams.video[0]
         assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
         decoded = sum(1 for _ in container.decode(stream))
     assert decoded == 25
-    rows = list(csv.DictReader(open(result.csv_path)))
+    with open(result.csv_path, encoding="utf-8") as table:
+        rows = list(csv.DictReader(table))
     assert len(rows) == 20 and {r["label"] for r in rows} <= set(classifier.labels)
     assert progress[-1] == 25
     assert not list(tmp_path.glob(".tmp-*"))
@@ -123,16 +127,23 @@ def test_a_video_is_annotated_with_a_table_of_expressions(classifier, haar, astr
 def test_cancelling_a_video_leaves_no_output(classifier, haar, astronaut_bgr, tmp_path):
     src = write_clip(tmp_path / "in.mp4", [scene(astronaut_bgr, 1)] * 30)
     seen = []
-    result = process_video(src, tmp_path / "out.mp4", ExpressionPipeline(haar, classifier),
-                           should_stop=lambda: len(seen.append(1) or seen) > 5)
+    result = process_video(
+        src,
+        tmp_path / "out.mp4",
+        ExpressionPipeline(haar, classifier),
+        should_stop=lambda: len(seen.append(1) or seen) > 5,
+    )
     assert result.cancelled
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"this is not a video", "not a video file"),
-    (b"", "not a video file"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"this is not a video", "not a video file"),
+        (b"", "not a video file"),
+    ],
+)
 def test_bad_video_files_are_refused_and_leave_nothing(classifier, haar, tmp_path, content, message):
     src = tmp_path / "bad.mp4"
     src.write_bytes(content)
@@ -154,15 +165,13 @@ def test_a_truncated_video_keeps_the_frames_before_the_damage(classifier, haar, 
     assert 0 < result.frames < 40 and (tmp_path / "out.mp4").exists()
 
 
-def test_video_job_runs_in_a_worker_and_survives_readers_coming_and_going(tiny_model, model_dir, settings,
-                                                                          astronaut_bgr, tmp_path):
+def test_video_job_runs_in_a_worker_and_survives_readers_coming_and_going(
+    tiny_model, model_dir, settings, astronaut_bgr, tmp_path
+):
     cfg = settings.with_(workspace=tmp_path / "ws", detector="haar")
     clip = write_clip(tmp_path / "clip.mp4", [scene(astronaut_bgr, 1, shift=i) for i in range(30)])
     job_id = start_video_job(cfg, "my clip.mp4", clip.read_bytes(), model_dir)
-    deadline = time.monotonic() + 120
-    while (status := dict(video_jobs(cfg.workspace))[job_id])["state"] in jobs.ACTIVE_STATES:
-        assert time.monotonic() < deadline, status
-        time.sleep(0.5)
+    status = job.wait(job_dir(cfg.workspace, job_id), 120)
     assert status["state"] == "done", status
     video, table = output_paths(cfg.workspace / "videos" / job_id)
     assert video.stat().st_size > 0 and table.read_text().count("\n") == 31
@@ -174,18 +183,18 @@ def test_video_job_runs_in_a_worker_and_survives_readers_coming_and_going(tiny_m
 def test_a_video_job_on_a_non_video_fails_with_the_reason(model_dir, settings, tmp_path):
     cfg = settings.with_(workspace=tmp_path / "ws", detector="haar")
     job_id = start_video_job(cfg, "notes.mp4", b"hello, not a video", model_dir)
-    deadline = time.monotonic() + 120
-    while (status := dict(video_jobs(cfg.workspace))[job_id])["state"] in jobs.ACTIVE_STATES:
-        assert time.monotonic() < deadline, status
-        time.sleep(0.5)
+    status = job.wait(job_dir(cfg.workspace, job_id), 120)
     assert status["state"] == "failed" and "not a video file" in status["error"]
     assert not output_paths(cfg.workspace / "videos" / job_id)[0].exists()
 
 
-@pytest.mark.parametrize("name, data, message", [
-    ("notes.txt", b"x", "not a video file"),
-    ("empty.mp4", b"", "empty"),
-])
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("notes.txt", b"x", "not a video file"),
+        ("empty.mp4", b"", "empty"),
+    ],
+)
 def test_video_uploads_are_checked_before_any_job_starts(model_dir, settings, tmp_path, name, data, message):
     cfg = settings.with_(workspace=tmp_path / "ws")
     with pytest.raises(BadInput, match=message):
@@ -194,8 +203,9 @@ def test_video_uploads_are_checked_before_any_job_starts(model_dir, settings, tm
 
 
 def test_explain_writes_a_heat_map_per_face(model_dir, face_jpg, run_cli, tmp_path):
-    done = run_cli("explain", face_jpg, "--model", model_dir, "--out", tmp_path / "why", "--detector", "haar",
-                   timeout=300)
+    done = run_cli(
+        "explain", face_jpg, "--model", model_dir, "--out", tmp_path / "why", "--detector", "haar", timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     (face,) = json.loads(done.stdout.strip().splitlines()[-1])["faces"]
     crop, heat = cv2.imread(face["crop"]), cv2.imread(face["heatmap"])

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import pytest
 
-from expr_core import atomic, jobs
+from expr_core import atomic
+from expr_core.jobs import folder as job
+from expr_core.jobs import runs
 from expr_core.registry import ACTIVE_FILE, STAGING_DIR, Registry, RegistryError
 from expr_core.settings import Settings
 
@@ -18,11 +19,12 @@ def registry(settings: Settings) -> Registry:
     return Registry(settings.workspace)
 
 
-def _staged_run(registry: Registry, files: tuple[str, ...] = ("model.keras", "model.tflite")) -> tuple[str, jobs.JobWriter]:
+def _staged_run(
+    registry: Registry, files: tuple[str, ...] = ("model.keras", "model.tflite")
+) -> tuple[str, job.JobWriter]:
     """A running run (this process plays its worker) with a staged model."""
-    run_id, folder = jobs.create_run(registry.workspace, {"backbone": "test", "image_size": 32})
-    writer = jobs.JobWriter(folder, run_id)
-    writer.status(state="running", worker=jobs.process_identity(os.getpid()))
+    run_id, folder = runs.create_run(registry.workspace, {"backbone": "test", "image_size": 32})
+    writer = job.JobWriter(folder)
     staged = registry.staging_dir(run_id)
     for name in files:
         (staged / name).write_bytes(b"model bytes")
@@ -30,9 +32,16 @@ def _staged_run(registry: Registry, files: tuple[str, ...] = ("model.keras", "mo
     return run_id, writer
 
 
+def _publish(registry: Registry, run_id: str, writer: job.JobWriter, val_accuracy: float) -> None:
+    """What a worker does at the end: the atomic rename, then the run is done, then the first model goes live."""
+    registry.publish(run_id)
+    writer.status(state=job.JobState.DONE, val_accuracy=val_accuracy, labels=["happy", "sad"])
+    registry.activate_if_none(run_id)
+
+
 def _published(registry: Registry) -> str:
     run_id, writer = _staged_run(registry)
-    registry.publish(run_id, writer, val_accuracy=0.5, labels=["happy", "sad"])
+    _publish(registry, run_id, writer, 0.5)
     writer.close()
     return run_id
 
@@ -40,7 +49,7 @@ def _published(registry: Registry) -> str:
 def test_publish_renames_then_marks_done_and_the_first_model_becomes_active(registry: Registry):
     run_id, writer = _staged_run(registry)
     assert registry.get(run_id).state == "running" and registry.active_id() is None
-    registry.publish(run_id, writer, val_accuracy=0.75, labels=["happy", "sad"])
+    _publish(registry, run_id, writer, 0.75)
     info = registry.get(run_id)
     assert (info.state, info.val_accuracy, info.labels, info.active) == ("done", 0.75, ["happy", "sad"], True)
     assert not (info.path / STAGING_DIR).exists()
@@ -48,9 +57,9 @@ def test_publish_renames_then_marks_done_and_the_first_model_becomes_active(regi
 
 
 def test_an_incomplete_model_is_never_published(registry: Registry):
-    run_id, writer = _staged_run(registry, files=("model.tflite",))
+    run_id, _writer = _staged_run(registry, files=("model.tflite",))
     with pytest.raises(RegistryError, match="model.keras is missing"):
-        registry.publish(run_id, writer)
+        registry.publish(run_id)
     assert registry.get(run_id).state == "running"
     assert not registry.model_dir(run_id).exists()
     with pytest.raises(RegistryError, match="it is running"):
@@ -81,8 +90,8 @@ def test_delete_refuses_the_active_model_unless_forced_and_running_runs(registry
 
 
 def test_files_of_an_unfinished_run_are_refused(registry: Registry):
-    run_id, folder = jobs.create_run(registry.workspace, {})
-    atomic.write_json(folder / jobs.STATUS_FILE, {"run_id": run_id, "state": "failed", "created": time.time()})
+    run_id, folder = runs.create_run(registry.workspace, {})
+    atomic.write_json(folder / job.STATUS_FILE, {"job_id": run_id, "state": "failed", "created": time.time()})
     with pytest.raises(RegistryError, match="it is failed"):
         registry.files(run_id)
 
@@ -107,26 +116,29 @@ def keras_file(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_a_good_keras_file_passes_the_checks(keras_file):
-    from expr_core.convert import load_checked
+    from expr_core.worker.convert import load_checked
 
     assert load_checked(keras_file((48, 48, 3), 2), 2).output_shape == (None, 2)
 
 
-@pytest.mark.parametrize("shape, outputs, labels, message", [
-    ((48, 48, 1), 2, 2, r"input shape is \(None, 48, 48, 1\); expected square RGB"),
-    ((48, 32, 3), 2, 2, "expected square RGB"),
-    ((10,), 2, 2, "expected square RGB"),
-    ((48, 48, 3), 3, 2, "3 outputs but 2 labels"),
-])
+@pytest.mark.parametrize(
+    "shape, outputs, labels, message",
+    [
+        ((48, 48, 1), 2, 2, r"input shape is \(None, 48, 48, 1\); expected square RGB"),
+        ((48, 32, 3), 2, 2, "expected square RGB"),
+        ((10,), 2, 2, "expected square RGB"),
+        ((48, 48, 3), 3, 2, "3 outputs but 2 labels"),
+    ],
+)
 def test_keras_files_of_the_wrong_shape_are_refused(keras_file, shape, outputs, labels, message):
-    from expr_core.convert import ImportRejected, load_checked
+    from expr_core.worker.convert import ImportRejected, load_checked
 
     with pytest.raises(ImportRejected, match=message):
         load_checked(keras_file(shape, outputs), labels)
 
 
 def test_files_that_are_not_keras_models_are_refused(tmp_path: Path):
-    from expr_core.convert import ImportRejected, load_checked
+    from expr_core.worker.convert import ImportRejected, load_checked
 
     broken = tmp_path / "broken.keras"
     broken.write_bytes(b"PK\x03\x04 truncated zip")
@@ -141,17 +153,17 @@ def test_files_that_are_not_keras_models_are_refused(tmp_path: Path):
 
 
 def test_import_refuses_bad_label_lists_before_writing_anything(settings: Settings, keras_file):
-    from expr_core.convert import ImportRejected, import_model
+    from expr_core.worker.convert import ImportRejected, import_model
 
     with pytest.raises(ImportRejected, match="already a label"):
         import_model(settings.workspace, keras_file((48, 48, 3), 2), ["happy", "Happy"])
-    assert not jobs.runs_dir(settings.workspace).exists()
+    assert not runs.runs_dir(settings.workspace).exists()
 
 
 def test_the_last_training_config_skips_imports(registry: Registry, monkeypatch: pytest.MonkeyPatch):
     assert registry.last_training_config() == {}
     ids = iter(["20261101-100000-aaaa", "20261101-110000-bbbb"])  # the import is the newer run
-    monkeypatch.setattr(jobs, "new_run_id", lambda: next(ids))
-    jobs.create_run(registry.workspace, {"backbone": "mobilenetv3small", "image_size": 64})
-    jobs.create_run(registry.workspace, {"imported_from": "x.keras", "image_size": 96}, kind="import")
+    monkeypatch.setattr(job, "new_job_id", lambda: next(ids))
+    runs.create_run(registry.workspace, {"backbone": "mobilenetv3small", "image_size": 64})
+    runs.create_run(registry.workspace, {"imported_from": "x.keras", "image_size": 96}, kind="import")
     assert registry.last_training_config() == {"backbone": "mobilenetv3small", "image_size": 64}

@@ -13,8 +13,10 @@ import cv2
 import numpy as np
 import pytest
 
-from expr_core.dataset import DatasetStore
-from expr_core.registry import Registry, RegistryError
+from expr_core.data.store import DatasetStore
+from expr_core.jobs.folder import JobError
+from expr_core.jobs.run_cli import import_keras
+from expr_core.registry import Registry
 from expr_core.serving import Classifier
 from tests.conftest import REPO
 from tests.test_train_split import TINY_ARGS, add_face_samples
@@ -24,8 +26,14 @@ TIMEOUT_S = 600
 
 def cli(*args: object, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run([sys.executable, "-m", "expr_core", *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    done = subprocess.run(
+        [sys.executable, "-m", "expr_core", *map(str, args)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
     if check:
         assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -71,8 +79,17 @@ def test_models_lists_and_activates(trained: dict, tmp_path: Path):
 
 
 def test_evaluate_on_a_labelled_folder(trained: dict, labelled_folder: Path):
-    report = json.loads(cli("evaluate", "--model", trained["workspace"] / "runs" / trained["run_id"],
-                            "--data", labelled_folder, "--cropped", "--json").stdout)
+    report = json.loads(
+        cli(
+            "evaluate",
+            "--model",
+            trained["workspace"] / "runs" / trained["run_id"],
+            "--data",
+            labelled_folder,
+            "--cropped",
+            "--json",
+        ).stdout
+    )
     assert report["n"] == 18 and set(report["per_class"]) == {"happy", "sad"}
     assert 0 <= report["accuracy"] <= 1 and 0 <= report["balanced_accuracy"] <= 1
     assert np.array(report["confusion_matrix"]).sum() == 18
@@ -88,7 +105,7 @@ def test_detect_with_a_model_labels_every_face(trained: dict, face_jpg: Path):
 
 def test_classifier_batches_threads_and_colour_order(trained: dict, astronaut_bgr: np.ndarray):
     classifier = Classifier.from_path(Path(trained["tflite_path"]).parent)
-    crops = [cv2.resize(astronaut_bgr[y:y + 200, x:x + 200], (64, 64)) for x, y in ((150, 50), (100, 100), (0, 0))]
+    crops = [cv2.resize(astronaut_bgr[y : y + 200, x : x + 200], (64, 64)) for x, y in ((150, 50), (100, 100), (0, 0))]
     together = classifier.predict(crops)
     one_by_one = np.concatenate([classifier.predict([c]) for c in crops])
     assert together.shape == (3, 2)
@@ -111,13 +128,14 @@ def test_classifier_batches_threads_and_colour_order(trained: dict, astronaut_bg
 
 def test_importing_a_keras_model_makes_a_servable_run(trained: dict, astronaut_bgr: np.ndarray):
     registry = Registry(trained["workspace"])
-    run_id = registry.import_keras(Path(trained["model_path"]), ["happy", "sad"])
+    run_id = import_keras(registry.workspace, Path(trained["model_path"]), ["happy", "sad"])
     info = registry.get(run_id)
     assert (info.state, info.kind, info.labels, info.active) == ("done", "import", ["happy", "sad"], False)
     crop = [cv2.resize(astronaut_bgr[50:250, 150:350], (64, 64))]
     imported = Classifier.from_path(registry.model_dir(run_id)).predict(crop)
-    np.testing.assert_allclose(imported, Classifier.from_path(Path(trained["tflite_path"]).parent).predict(crop),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        imported, Classifier.from_path(Path(trained["tflite_path"]).parent).predict(crop), atol=1e-4
+    )
     registry.delete(run_id)
     assert run_id not in [r.run_id for r in registry.runs()]
 
@@ -125,6 +143,6 @@ def test_importing_a_keras_model_makes_a_servable_run(trained: dict, astronaut_b
 def test_importing_something_that_is_not_a_keras_model_says_so(trained: dict, tmp_path: Path):
     fake = tmp_path / "model.keras"
     fake.write_bytes(b"this is not a zip archive")
-    with pytest.raises(RegistryError, match="not a Keras model file"):
-        Registry(trained["workspace"]).import_keras(fake, ["happy", "sad"])
+    with pytest.raises(JobError, match="not a Keras model file"):
+        import_keras(trained["workspace"], fake, ["happy", "sad"])
     assert len(Registry(trained["workspace"]).runs()) == 1  # nothing half-imported is left behind

@@ -6,12 +6,16 @@ import keras
 import numpy as np
 import pytest
 
-from expr_core.model import WeightsUnavailable, build_network, set_phase
+from expr_core.worker.model import WeightsUnavailable, build_network, set_phase
 
 
 def _moving_stats(model: keras.Model) -> list[np.ndarray]:
-    return [np.array(w) for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)
-            for w in (layer.moving_mean, layer.moving_variance)]
+    return [
+        np.array(w)
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for w in (layer.moving_mean, layer.moving_variance)
+    ]
 
 
 def test_densenet_preprocessing_lives_inside_the_model():
@@ -34,7 +38,7 @@ def test_fine_tuning_keeps_pretrained_batchnorm_frozen_and_lets_random_batchnorm
         set_phase(net, fine_tune=True)
         before = _moving_stats(net.base)
         net.model(image, training=True)  # what fit() does; Keras 3 would override a training=False call argument
-        changed = any(not np.array_equal(old, new) for old, new in zip(before, _moving_stats(net.base)))
+        changed = any(not np.array_equal(old, new) for old, new in zip(before, _moving_stats(net.base), strict=True))
         assert changed is should_change, source
         assert len(net.model.trainable_weights) > len(net.head.trainable_weights)
 
@@ -56,8 +60,13 @@ def test_imagenet_download_failure_tells_the_user_what_to_do(monkeypatch: pytest
     with pytest.raises(WeightsUnavailable) as caught:
         build_network("densenet201", 2, 32, "imagenet")
     message = str(caught.value)
-    for part in ("Could not download the ImageNet weights", "no network", "weights 'none'",
-                 "densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5", "KERAS_HOME"):
+    for part in (
+        "Could not download the ImageNet weights",
+        "no network",
+        "weights 'none'",
+        "densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "KERAS_HOME",
+    ):
         assert part in message
 
 

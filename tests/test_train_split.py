@@ -9,16 +9,39 @@ import cv2
 import numpy as np
 import pytest
 
-from expr_core.dataset import DatasetStore, NewSample, Sample
-from expr_core.faces import Face, HaarDetector, crop_face
-from expr_core.split import SplitError, split_samples
+from expr_core.data.split import SplitError, split_samples
+from expr_core.data.store import DatasetStore, NewSample, Sample
 from expr_core.train_config import ConfigError, TrainConfig
+from expr_core.vision.faces import Face, HaarDetector, crop_face
 
 # The smallest settings that still run both the feature cache and the head: seconds, not minutes.
-TINY = TrainConfig(backbone="mobilenetv3small", weights="none", image_size=32, batch_size=8, epochs_1=3,
-                   epochs_2=0, feature_copies=1, quantize=False)
-TINY_ARGS = ["--backbone", "mobilenetv3small", "--weights", "none", "--image-size", "32", "--batch-size", "8",
-             "--epochs-1", "3", "--epochs-2", "0", "--feature-copies", "1", "--no-quantize"]
+TINY = TrainConfig(
+    backbone="mobilenetv3small",
+    weights="none",
+    image_size=32,
+    batch_size=8,
+    epochs_1=3,
+    epochs_2=0,
+    feature_copies=1,
+    quantize=False,
+)
+TINY_ARGS = [
+    "--backbone",
+    "mobilenetv3small",
+    "--weights",
+    "none",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--epochs-1",
+    "3",
+    "--epochs-2",
+    "0",
+    "--feature-copies",
+    "1",
+    "--no-quantize",
+]
 
 
 def add_face_samples(workspace: Path, photo_bgr: np.ndarray, sessions: int = 3, per_session: int = 3) -> list[Sample]:
@@ -35,8 +58,11 @@ def add_face_samples(workspace: Path, photo_bgr: np.ndarray, sessions: int = 3, 
                 x, y, w, h = face.box
                 dx, dy = (int(v) for v in rng.integers(-8, 9, 2))
                 crop = crop_face(photo_bgr, Face((x + dx, y + dy, w, h), 1.0), 0.1 + 0.1 * k, 64)
-                items.append(NewSample(cv2.flip(crop, 0) if label == "sad" else crop, label, "webcam",
-                                       f"{label}-{session}"))
+                items.append(
+                    NewSample(
+                        label, "webcam", f"{label}-{session}", image=cv2.flip(crop, 0) if label == "sad" else crop
+                    )
+                )
     return DatasetStore(workspace).add_samples(items)
 
 
@@ -74,24 +100,30 @@ def test_split_is_deterministic_for_a_seed():
     assert [s.id for s in split_samples(samples, ["happy", "sad"], seed=3).val] == [s.id for s in first.val]
 
 
-@pytest.mark.parametrize("samples, labels, message", [
-    (_many("happy", 3, 3), ["happy"], "at least two labels"),
-    ([], [], "no samples"),
-    (_many("happy", 3, 3) + _many("sad", 1, 2, 50), ["happy", "sad"], "'sad' has 2 sample"),
-    (_many("happy", 3, 3) + _many("sad", 1, 9, 50), ["happy", "sad"], "'sad' has all its samples from one"),
-])
+@pytest.mark.parametrize(
+    "samples, labels, message",
+    [
+        (_many("happy", 3, 3), ["happy"], "at least two labels"),
+        ([], [], "no samples"),
+        (_many("happy", 3, 3) + _many("sad", 1, 2, 50), ["happy", "sad"], "'sad' has 2 sample"),
+        (_many("happy", 3, 3) + _many("sad", 1, 9, 50), ["happy", "sad"], "'sad' has all its samples from one"),
+    ],
+)
 def test_too_little_data_is_refused_with_the_reason(samples, labels, message):
     with pytest.raises(SplitError, match=message):
         split_samples(samples, labels)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"backbone": "resnet"}, "Unknown backbone"),
-    ({"weights": "/no/such/file.h5"}, "Weights"),
-    ({"image_size": 16}, "between 32 and 512"),
-    ({"epochs_1": 0, "epochs_2": 0}, "Both phases"),
-    ({"batch_size": 0}, "Batch size"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"backbone": "resnet"}, "Unknown backbone"),
+        ({"weights": "/no/such/file.h5"}, "Weights"),
+        ({"image_size": 16}, "between 32 and 512"),
+        ({"epochs_1": 0, "epochs_2": 0}, "Both phases"),
+        ({"batch_size": 0}, "Batch size"),
+    ],
+)
 def test_bad_training_settings_are_refused(changes, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**changes).validated()

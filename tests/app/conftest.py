@@ -7,7 +7,6 @@ render; the component is inert, which is fine: AppTest never runs frames (the br
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

@@ -29,8 +29,13 @@ def test_team_password_gate(app, workspace):
     assert [m.label for m in app.metric] == ["Samples"]  # the Home page
 
 
-OIDC = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x" * 32, "client_id": "studio",
-        "client_secret": "s", "server_metadata_url": "https://login.example.com/.well-known/openid-configuration"}
+OIDC = {
+    "redirect_uri": "http://localhost:8501/oauth2callback",
+    "cookie_secret": "x" * 32,
+    "client_id": "studio",
+    "client_secret": "s",
+    "server_metadata_url": "https://login.example.com/.well-known/openid-configuration",
+}
 
 
 def test_login_gate_shows_only_the_login_button_until_signed_in(app):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 from skimage import data
 
-from expr_core.dataset import DatasetStore, NewSample
+from expr_core.data.store import DatasetStore, NewSample
 from tests.app.conftest import open_page
 
 
 def _add(workspace, label: str, n: int) -> None:
     crop = np.ascontiguousarray(data.astronaut()[60:180, 170:290, ::-1])
-    DatasetStore(workspace).add_samples([NewSample(crop, label, "webcam", "s1") for _ in range(n)])
+    DatasetStore(workspace).add_samples([NewSample(label, "webcam", "s1", image=crop) for _ in range(n)])
 
 
 def test_home_shows_counts_and_steps(app, workspace):

@@ -7,10 +7,10 @@ import shutil
 import cv2
 import pytest
 
-from expr_core.dataset import DatasetStore
-from expr_core.live import EVERY_FACE, FaceReading
+from expr_core.data.review import ReviewQueue
+from expr_core.data.store import DatasetStore
+from expr_core.live.pipeline import EVERY_FACE, FaceReading
 from expr_core.registry import Registry
-from expr_core.review import ReviewQueue
 from tests.app.conftest import open_page
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from expr_core.dataset import DatasetStore
+from expr_core.data.store import DatasetStore
 from tests.app.conftest import open_page
 from tests.app.test_home_capture_pages import _add
 

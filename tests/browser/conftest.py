@@ -236,22 +236,22 @@ class StreamlitServer:
 def stop_job_workers(workspace: Path, grace: float = 10.0) -> list[str]:
     """SIGTERM (then SIGKILL) every live worker of the workspace's training runs and video jobs; returns
     the folders whose worker had to be stopped. Workers are recognised by their recorded ``pid:start-time``
-    identity (``expr_core.jobs``), so an unrelated process with a recycled pid is never signalled."""
-    from expr_core import jobs
+    identity (``expr_core.jobs.folder``), so an unrelated process with a recycled pid is never signalled."""
+    from expr_core.jobs import folder as job
 
     stopped = []
     folders = [*Path(workspace, "runs").glob("*/"), *Path(workspace, "videos").glob("*/")]
     for folder in folders:
-        if not jobs.worker_alive(folder):
+        if not job.worker_alive(folder):
             continue
-        pid = int(jobs.worker_identity(folder).split(":")[0])
+        pid = int(job.worker_identity(folder).split(":")[0])
         stopped.append(folder.name)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while jobs.worker_alive(folder) and time.monotonic() < deadline:
+        while job.worker_alive(folder) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if jobs.worker_alive(folder):
+        if job.worker_alive(folder):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     return stopped
@@ -261,8 +261,9 @@ def stop_job_workers(workspace: Path, grace: float = 10.0) -> list[str]:
 ISOLATED_ENV_PREFIXES = ("EXPR_", "STREAMLIT_", "TWILIO_", "CLOUDFLARE_TURN_", "HF_TOKEN")
 
 
-def start_streamlit(root: Path, extra_env: dict[str, str] | None = None, secrets: str = "",
-                    timeout: float = SERVER_START_TIMEOUT) -> StreamlitServer:
+def start_streamlit(
+    root: Path, extra_env: dict[str, str] | None = None, secrets: str = "", timeout: float = SERVER_START_TIMEOUT
+) -> StreamlitServer:
     """Start the app on a free port with its workspace in ``root/workspace``; returns once /_stcore/health is ok.
 
     The server sees only ``root/secrets.toml`` (``secrets``, empty by default), not the developer's secrets.
@@ -294,10 +295,12 @@ def start_streamlit(root: Path, extra_env: dict[str, str] | None = None, secrets
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"streamlit exited with status {process.returncode}:\n{server.log()[-3000:]}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{server.url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return server
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"{server.url}/_stcore/health", timeout=2) as response,
+        ):
+            if response.status == 200:
+                return server
         if time.monotonic() > deadline:
             server.stop()
             raise RuntimeError(f"streamlit not healthy after {timeout:.0f} s:\n{server.log()[-3000:]}")
@@ -315,7 +318,9 @@ def streamlit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Strea
 
 
 @pytest.fixture
-def app(streamlit_server: StreamlitServer, request: pytest.FixtureRequest, artifacts: Path) -> Iterator[StreamlitServer]:
+def app(
+    streamlit_server: StreamlitServer, request: pytest.FixtureRequest, artifacts: Path
+) -> Iterator[StreamlitServer]:
     """The session's server for this test; its log goes to the test's artifacts when the test fails."""
     assert streamlit_server.process.poll() is None, f"streamlit died:\n{streamlit_server.log()[-3000:]}"
     yield streamlit_server
@@ -335,8 +340,9 @@ def playwright_driver():
 
 def launch_chromium(pw, clip: Path):
     """Headless Debian Chromium whose webcam plays ``clip`` (never ``playwright install``)."""
-    return pw.chromium.launch(executable_path=CHROMIUM, timeout=60_000,
-                              args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-video-capture={clip}"])
+    return pw.chromium.launch(
+        executable_path=CHROMIUM, timeout=60_000, args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-video-capture={clip}"]
+    )
 
 
 @pytest.fixture(scope="session")
@@ -475,33 +481,19 @@ def overlay_pixels(page) -> dict:
     return webrtc_frame(page).locator("video").first.evaluate(OVERLAY_PIXELS_JS)
 
 
-@pytest.fixture
-def wait_until() -> Callable[..., object]:
-    """``wait_until(fn, timeout, what)``: poll ``fn`` until it returns something truthy, else fail saying what."""
-
-    def wait(fn: Callable[[], object], timeout: float = 30.0, what: str = "condition", interval: float = 0.25):
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = fn()
-            if last:
-                return last
-            time.sleep(interval)
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last value: {last!r})")
-
-    return wait
-
-
 # -- more servers, more pages, results --------------------------------------------------------------
 @pytest.fixture
-def server_factory(tmp_path: Path, request: pytest.FixtureRequest, artifacts: Path) -> Iterator[Callable[..., StreamlitServer]]:
+def server_factory(
+    tmp_path: Path, request: pytest.FixtureRequest, artifacts: Path
+) -> Iterator[Callable[..., StreamlitServer]]:
     """``server_factory(extra_env=None, prepare=None, secrets="")``: a fresh server with a workspace of its own
     in the test's tmp folder; ``prepare(workspace)`` runs before the server starts (e.g. copy a trained model
     in). Every server is stopped (with its job workers) at the end; logs go to the artifacts on failure."""
     servers: list[StreamlitServer] = []
 
-    def make(extra_env: dict[str, str] | None = None, prepare: Callable[[Path], object] | None = None,
-             secrets: str = "") -> StreamlitServer:
+    def make(
+        extra_env: dict[str, str] | None = None, prepare: Callable[[Path], object] | None = None, secrets: str = ""
+    ) -> StreamlitServer:
         root = tmp_path / f"server-{len(servers)}"
         if prepare is not None:
             (root / "workspace").parent.mkdir(parents=True, exist_ok=True)
@@ -610,9 +602,7 @@ def settle_number(page, label: str, value: float) -> None:
     box = page.get_by_label(label, exact=True)
     box.fill(str(value))
     box.press("Enter")
-    page.wait_for_function(
-        "([el, v]) => parseFloat(el.value) === v", arg=[box.element_handle(), value], timeout=10_000
-    )
+    page.wait_for_function("([el, v]) => parseFloat(el.value) === v", arg=[box.element_handle(), value], timeout=10_000)
 
 
 # -- reading a <video>'s pixels ---------------------------------------------------------------------
@@ -639,23 +629,38 @@ COLOR_STATS_JS = """(video, [targets, tol, band, bandRgb, bandTol]) => {
 }"""
 
 
-def color_stats(video, targets_rgb: list[tuple[int, int, int]], tol: int = 40, band: int = 0,
-                band_rgb: tuple[int, int, int] | None = None, band_tol: int = 15) -> dict | None:
+def color_stats(
+    video,
+    targets_rgb: list[tuple[int, int, int]],
+    tol: int = 40,
+    band: int = 0,
+    band_rgb: tuple[int, int, int] | None = None,
+    band_tol: int = 15,
+) -> dict | None:
     """:data:`COLOR_STATS_JS` on a ``<video>`` locator (None before its first frame)."""
-    return video.evaluate(COLOR_STATS_JS, [[list(c) for c in targets_rgb], tol, band,
-                                           list(band_rgb) if band_rgb else None, band_tol])
+    return video.evaluate(
+        COLOR_STATS_JS, [[list(c) for c in targets_rgb], tol, band, list(band_rgb) if band_rgb else None, band_tol]
+    )
 
 
-def color_stats_np(bgr: np.ndarray, targets_rgb: list[tuple[int, int, int]], tol: int = 40, band: int = 0,
-                   band_rgb: tuple[int, int, int] | None = None, band_tol: int = 15) -> dict:
+def color_stats_np(
+    bgr: np.ndarray,
+    targets_rgb: list[tuple[int, int, int]],
+    tol: int = 40,
+    band: int = 0,
+    band_rgb: tuple[int, int, int] | None = None,
+    band_tol: int = 15,
+) -> dict:
     """The same counts on a BGR array (the raw fake-webcam frame), to show the colours come from the overlay."""
     rgb = bgr[..., ::-1].astype(int)
 
     def near(c, t):
         return np.all(np.abs(rgb - np.array(c)) <= t, axis=-1)
 
-    return {"counts": [int(near(c, tol).sum()) for c in targets_rgb],
-            "band": float(near(band_rgb, band_tol)[:band].mean()) if band and band_rgb else 0.0}
+    return {
+        "counts": [int(near(c, tol).sum()) for c in targets_rgb],
+        "band": float(near(band_rgb, band_tol)[:band].mean()) if band and band_rgb else 0.0,
+    }
 
 
 # Frames the <video> has decoded so far (Chromium's playback quality counters).

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import cv2
 import pytest
 
-from expr_core.dataset import DatasetStore
+from expr_core.data.store import DatasetStore
+from tests.waiting import holds_for, wait_for
 
 from .conftest import (
-    green_pixels,
     face_canvas,
+    green_pixels,
     metric_value,
     overlay_pixels,
     settle_number,
@@ -46,7 +46,7 @@ def assert_app_navigation(page) -> None:
 
 
 @pytest.mark.browser_timeout(240)
-def test_record_a_burst_of_happy_crops(app, page, artifacts: Path, wait_until, record_property, capsys):
+def test_record_a_burst_of_happy_crops(app, page, artifacts: Path, record_property, capsys):
     store = DatasetStore(app.workspace)
     before = {s.id for s in store.samples()}
     happy_before = store.stats().get("happy", 0)
@@ -65,8 +65,11 @@ def test_record_a_burst_of_happy_crops(app, page, artifacts: Path, wait_until, r
     record_property("webrtc_start_tries", tries)
     with capsys.disabled():
         print(f"\n[webrtc] camera started after {tries} Start click(s)")
-    overlay = wait_until(lambda: (o := overlay_pixels(page))["green"] >= MIN_OVERLAY_PIXELS and o, 20,
-                         f"at least {MIN_OVERLAY_PIXELS} overlay-green pixels in the returned video")
+    overlay = wait_for(
+        lambda: (o := overlay_pixels(page))["green"] >= MIN_OVERLAY_PIXELS and o,
+        20,
+        f"at least {MIN_OVERLAY_PIXELS} overlay-green pixels in the returned video",
+    )
     assert (overlay["width"], overlay["height"]) == (640, 480)
     page.screenshot(path=str(artifacts / "01-live.png"))
 
@@ -78,7 +81,7 @@ def test_record_a_burst_of_happy_crops(app, page, artifacts: Path, wait_until, r
     happy = label_group.get_by_role("radio", name="happy", exact=True)
     if happy.get_attribute("aria-checked") != "true":
         happy.click()
-    wait_until(lambda: happy.get_attribute("aria-checked") == "true", 10, "label happy selected")
+    wait_for(lambda: happy.get_attribute("aria-checked") == "true", 10, "label happy selected")
     page.wait_for_timeout(1000)
     drops = 0
     if not (video_state(page) or {}).get("playing") or not wait_playing(page, timeout=5, settle=1):
@@ -90,15 +93,21 @@ def test_record_a_burst_of_happy_crops(app, page, artifacts: Path, wait_until, r
         print(f"[webrtc] stream drops during the settings reruns: {drops}")
 
     page.get_by_role("button", name="Record").click()
-    wait_until(lambda: page.get_by_text(re.compile(r"Recording happy")).count() > 0, 15, "the countdown/progress")
+    wait_for(lambda: page.get_by_text(re.compile(r"Recording happy")).count() > 0, 15, "the countdown/progress")
     page.screenshot(path=str(artifacts / "02-recording.png"))
 
     # On disk: BURST new crops, all happy, from the webcam, in one capture session.
-    new = wait_until(lambda: (n := [s for s in store.samples() if s.id not in before]) and len(n) >= BURST and n,
-                     60, f"{BURST} new samples in the workspace")
-    time.sleep(1.0)  # nothing more may arrive once the burst is complete
+    new = wait_for(
+        lambda: (n := [s for s in store.samples() if s.id not in before]) and len(n) >= BURST and n,
+        60,
+        f"{BURST} new samples in the workspace",
+    )
+    holds_for(
+        lambda: len([s for s in store.samples() if s.id not in before]) == BURST,
+        1.0,
+        f"exactly {BURST} new samples (nothing more may arrive once the burst is complete)",
+    )
     new = [s for s in store.samples() if s.id not in before]
-    assert len(new) == BURST
     assert {s.label for s in new} == {"happy"}
     assert {s.source for s in new} == {"webcam"}
     assert len({s.session for s in new}) == 1
@@ -115,10 +124,12 @@ def test_record_a_burst_of_happy_crops(app, page, artifacts: Path, wait_until, r
 
     # On the page: the live count (a 0.5 s fragment) shows the new total without a rerun.
     expected = str(happy_before + BURST)
-    wait_until(lambda: metric_value(page, "happy") == expected, 15, f"the page's happy count to read {expected}")
+    wait_for(lambda: metric_value(page, "happy") == expected, 15, f"the page's happy count to read {expected}")
     assert (video_state(page) or {}).get("playing"), "the video kept playing through the burst"
     # The returned video lags the page by a few seconds on a busy machine: wait for the box to turn green again.
-    wait_until(lambda: overlay_pixels(page)["green"] >= MIN_OVERLAY_PIXELS, 30, "the green (idle) face box after the burst")
+    wait_for(
+        lambda: overlay_pixels(page)["green"] >= MIN_OVERLAY_PIXELS, 30, "the green (idle) face box after the burst"
+    )
     page.screenshot(path=str(artifacts / "03-recorded.png"))
 
     record_property("webrtc_start_tries_total", tries)

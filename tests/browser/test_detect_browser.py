@@ -17,8 +17,9 @@ from pathlib import Path
 import av
 import pytest
 
-from expr_core.live import label_color
+from expr_core.live.pipeline import label_color
 from expr_core.registry import Registry
+from tests.waiting import wait_for
 
 from .conftest import (
     color_stats,
@@ -39,15 +40,18 @@ STEADY_SAMPLES, STEADY_INTERVAL_MS = 10, 300
 
 
 def label_colors_rgb(labels: list[str]) -> list[tuple[int, int, int]]:
-    """The overlay colour of each label (expr_core.live's palette is BGR), without duplicates."""
+    """The overlay colour of each label (expr_core.live.pipeline's palette is BGR), without duplicates."""
     return sorted({tuple(reversed(label_color(label, list(labels)))) for label in labels})
 
 
 def overlay_evidence(stats: dict, raw: dict) -> bool:
     """The returned frame carries the Detect overlay: the grey banner on top, and far more label-coloured
     pixels than the raw webcam frame has."""
-    return bool(stats) and stats["band"] > 0.5 > raw["band"] and sum(stats["counts"]) >= max(
-        MIN_LABEL_PIXELS, 5 * sum(raw["counts"]))
+    return (
+        bool(stats)
+        and stats["band"] > 0.5 > raw["band"]
+        and sum(stats["counts"]) >= max(MIN_LABEL_PIXELS, 5 * sum(raw["counts"]))
+    )
 
 
 def write_face_mp4(path: Path, seconds: float = 2.0, fps: int = 15) -> Path:
@@ -85,8 +89,7 @@ def detect_server(server_factory, tiny_model: Path):
 
 
 @pytest.mark.browser_timeout(240)
-def test_live_detect_draws_the_overlay_and_shows_the_frame_rate(detect_server, page, artifacts: Path, wait_until,
-                                                                 results):
+def test_live_detect_draws_the_overlay_and_shows_the_frame_rate(detect_server, page, artifacts: Path, results):
     registry = Registry(detect_server.workspace)
     run_id = registry.active_id()
     assert run_id, "the tiny_model workspace has no active model"
@@ -101,9 +104,13 @@ def test_live_detect_draws_the_overlay_and_shows_the_frame_rate(detect_server, p
     tries = start_camera(page)
     started = time.monotonic()
     video = webrtc_frame(page).locator("video").first
-    stats = wait_until(lambda: (s := color_stats(video, colors, band=BANNER_ROWS, band_rgb=BANNER_RGB))
-                       and overlay_evidence(s, raw) and s, 10,
-                       f"the Detect overlay (banner {BANNER_RGB}, label colours {colors}) in the returned video")
+    stats = wait_for(
+        lambda: (
+            (s := color_stats(video, colors, band=BANNER_ROWS, band_rgb=BANNER_RGB)) and overlay_evidence(s, raw) and s
+        ),
+        10,
+        f"the Detect overlay (banner {BANNER_RGB}, label colours {colors}) in the returned video",
+    )
     overlay_after = time.monotonic() - started
     assert (stats["width"], stats["height"]) == (640, 480)
     page.screenshot(path=str(artifacts / "01-live.png"))
@@ -118,8 +125,11 @@ def test_live_detect_draws_the_overlay_and_shows_the_frame_rate(detect_server, p
     assert len(set(dominant)) == 1, f"the label flickered: {dominant}"
 
     # The page's meter (a 1 s fragment) shows the server's frame rate.
-    fps_text = wait_until(lambda: (t := metric_value(page, "Frame rate")) and float(t.split()[0]) > 0 and t, 15,
-                          "a frame rate above 0 fps")
+    fps_text = wait_for(
+        lambda: (t := metric_value(page, "Frame rate")) and float(t.split()[0]) > 0 and t,
+        15,
+        "a frame rate above 0 fps",
+    )
     assert re.fullmatch(r"\d+\.\d fps", fps_text), fps_text
     page.wait_for_timeout(3000)  # let the rate settle before reading it for the record
     fps_text = metric_value(page, "Frame rate")
@@ -133,8 +143,15 @@ def test_live_detect_draws_the_overlay_and_shows_the_frame_rate(detect_server, p
     results("detect_start_tries", tries)
     results("detect_overlay_seconds_after_playing", round(overlay_after, 2))
     results("detect_page_load_to_overlay_seconds", round(time.monotonic() - loaded, 1))
-    results("detect_overlay_pixels", {"label_colours": stats["counts"], "banner_share": round(stats["band"], 2),
-                                      "raw_webcam": raw["counts"], "raw_banner_share": round(raw["band"], 2)})
+    results(
+        "detect_overlay_pixels",
+        {
+            "label_colours": stats["counts"],
+            "banner_share": round(stats["band"], 2),
+            "raw_webcam": raw["counts"],
+            "raw_banner_share": round(raw["band"], 2),
+        },
+    )
     results("detect_dominant_label_samples", dominant)
     results("detect_frame_rate", fps_text)
     results("detect_processing", latency_text)
@@ -151,8 +168,7 @@ PLAYBACK_JS = """async (v) => {
 
 
 @pytest.mark.browser_timeout(300)
-def test_video_file_is_annotated_and_plays_in_chromium(detect_server, page, tmp_path: Path, artifacts: Path,
-                                                       wait_until, results):
+def test_video_file_is_annotated_and_plays_in_chromium(detect_server, page, tmp_path: Path, artifacts: Path, results):
     clip = write_face_mp4(tmp_path / "face-clip.mp4")
     registry = Registry(detect_server.workspace)
     colors = label_colors_rgb(registry.labels(registry.active_id()))
@@ -166,8 +182,11 @@ def test_video_file_is_annotated_and_plays_in_chromium(detect_server, page, tmp_
     submitted = time.monotonic()
 
     done = page.get_by_text(re.compile(rf"^{re.escape(clip.name)} · done$"))
-    wait_until(lambda: done.count() or page.get_by_text(re.compile(rf"^{re.escape(clip.name)} · failed")).count(),
-               180, "the video job to finish")
+    wait_for(
+        lambda: done.count() or page.get_by_text(re.compile(rf"^{re.escape(clip.name)} · failed")).count(),
+        180,
+        "the video job to finish",
+    )
     assert done.count() == 1, page.get_by_test_id("stAlert").all_inner_texts()
     processed = time.monotonic() - submitted
     caption = page.get_by_text(re.compile(r"^\d+ frames, [\d.]+ s of video, processed in")).inner_text()

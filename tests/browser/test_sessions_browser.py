@@ -22,6 +22,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.waiting import wait_for
+
 from .conftest import (
     FRAMES_JS,
     WEBRTC_IFRAME,
@@ -86,8 +88,10 @@ def measure_fps(pages: list, seconds: float) -> list[float | None]:
     first = [_frames(v) for v in videos]
     time.sleep(seconds)
     last = [_frames(v) for v in videos]
-    return [round((b["frames"] - a["frames"]) / ((b["t"] - a["t"]) / 1000), 1) if a and b else None
-            for a, b in zip(first, last)]
+    return [
+        round((b["frames"] - a["frames"]) / ((b["t"] - a["t"]) / 1000), 1) if a and b else None
+        for a, b in zip(first, last, strict=True)
+    ]
 
 
 def ensure_playing(page) -> int:
@@ -97,13 +101,17 @@ def ensure_playing(page) -> int:
     return start_camera(page, max_tries=START_TRIES, timeout=START_TIMEOUT)
 
 
-@pytest.mark.skipif(os.environ.get("EXPR_LOAD_BROWSER") != "1", reason=(
-    "load test, opt-in (EXPR_LOAD_BROWSER=1): three WebRTC sessions on 2 cores are load-sensitive; in a clean "
-    "CI-like run one session's video never appeared within 30 s (streamlit-webrtc stops a stream whose ICE "
-    "consent answers come late). Passed at load 1-5 (3.8/3.9/2.9 fps; idle: 8.9/9.7/12.3 fps after one restart "
-    "for two streams); see docs/benchmarks.md."))
+@pytest.mark.skipif(
+    os.environ.get("EXPR_LOAD_BROWSER") != "1",
+    reason=(
+        "load test, opt-in (EXPR_LOAD_BROWSER=1): three WebRTC sessions on 2 cores are load-sensitive; in a clean "
+        "CI-like run one session's video never appeared within 30 s (streamlit-webrtc stops a stream whose ICE "
+        "consent answers come late). Passed at load 1-5 (3.8/3.9/2.9 fps; idle: 8.9/9.7/12.3 fps after one restart "
+        "for two streams); see docs/benchmarks.md."
+    ),
+)
 @pytest.mark.browser_timeout(420)
-def test_three_sessions_stream_at_once(app, browser_15fps, new_page, artifacts: Path, wait_until, results):
+def test_three_sessions_stream_at_once(app, browser_15fps, new_page, artifacts: Path, results):
     # 15 fps webcams (issue 5 counts 15 fps streams). Measured here: one 30 fps stream alone keeps ~1.1 cores of
     # the server busy (30 fps back), one 15 fps stream ~0.8; three 30 fps streams kept dropping while other jobs
     # loaded the machine (load average 9-10).
@@ -116,8 +124,11 @@ def test_three_sessions_stream_at_once(app, browser_15fps, new_page, artifacts: 
         clicked = time.monotonic()
         tries.append(start_camera(page, max_tries=START_TRIES, timeout=START_TIMEOUT))
         results(f"sessions_start_seconds_{i + 1}", round(time.monotonic() - clicked, 1))
-        wait_until(lambda p=page: overlay_pixels(p)["green"] >= MIN_OVERLAY_PIXELS, 30,
-                   f"session {i + 1}: the server's face box in its returned video")
+        wait_for(
+            lambda p=page: overlay_pixels(p)["green"] >= MIN_OVERLAY_PIXELS,
+            30,
+            f"session {i + 1}: the server's face box in its returned video",
+        )
         if i == 0:
             alone = measure_fps(pages[:1], MEASURE_SECONDS / 2)[0]
     results("sessions_fps_alone", alone)
@@ -162,25 +173,31 @@ def media_sockets(process: psutil.Process) -> int:
 
 
 @pytest.mark.browser_timeout(420)
-def test_closing_a_tab_releases_its_camera_worker_and_memory(server_factory, new_page, wait_until, results):
+def test_closing_a_tab_releases_its_camera_worker_and_memory(server_factory, new_page, results):
     server = server_factory(extra_env={"STREAMLIT_SERVER_DISCONNECTED_SESSION_TTL": str(SESSION_TTL_S)})
     process = psutil.Process(server.process.pid)
     idle_sockets = media_sockets(process)
     cycles = []
-    for cycle in range(TAB_CYCLES):
+    for _cycle in range(TAB_CYCLES):
         page = new_page()
         open_app_page(page, server.url + "/capture", "Capture")
         start_camera(page)
-        wait_until(lambda: overlay_pixels(page)["green"] >= MIN_OVERLAY_PIXELS, 30, "the server's face box")
+        wait_for(lambda page=page: overlay_pixels(page)["green"] >= MIN_OVERLAY_PIXELS, 30, "the server's face box")
         streaming = {"sockets": media_sockets(process), "threads": process.num_threads()}
         assert streaming["sockets"] > idle_sockets, "a streaming session must hold media sockets"
         closed = time.monotonic()
         page.context.close()  # the user closes the tab, without pressing Stop
-        wait_until(lambda: media_sockets(process) == idle_sockets, 60, "the closed tab's media sockets to close")
+        wait_for(lambda: media_sockets(process) == idle_sockets, 60, "the closed tab's media sockets to close")
         released_s = round(time.monotonic() - closed, 1)
         time.sleep(SESSION_TTL_S + 3)  # the session itself (its page state) goes after the TTL
-        cycles.append({**streaming, "released_s": released_s, "threads_after": process.num_threads(),
-                       "rss_mb_after": round(process.memory_info().rss / 2**20)})
+        cycles.append(
+            {
+                **streaming,
+                "released_s": released_s,
+                "threads_after": process.num_threads(),
+                "rss_mb_after": round(process.memory_info().rss / 2**20),
+            }
+        )
     results("tab_close_cycles", cycles)
     warm, last = cycles[1], cycles[-1]
     assert last["threads_after"] <= cycles[0]["threads_after"] + 3, cycles  # no threads left behind per session
@@ -201,14 +218,14 @@ def recorded_rtc_calls(page) -> dict[str, list[dict]]:
     return found
 
 
-def start_and_read_config(page, url: str, wait_until) -> tuple[list[dict], dict]:
+def start_and_read_config(page, url: str) -> tuple[list[dict], dict]:
     """Open Capture, click Start, and return the recorded calls of the component's frame plus what happened."""
     open_app_page(page, url + "/capture", "Capture")
     component = page.locator(WEBRTC_IFRAME).element_handle().content_frame()
     assert component.evaluate("typeof window.__rtcCalls") == "object", "the recorder did not run in the iframe"
     clicked = time.monotonic()
     webrtc_frame(page).get_by_role("button", name="Start", exact=True).click()
-    wait_until(lambda: recorded_rtc_calls(page), 20, "an RTCPeerConnection to be created")
+    wait_for(lambda: recorded_rtc_calls(page), 20, "an RTCPeerConnection to be created")
     played = wait_playing(page, timeout=25, settle=1)
     outcome = {"played": played, "seconds": round(time.monotonic() - clicked, 1)}
     calls = recorded_rtc_calls(page)
@@ -217,13 +234,12 @@ def start_and_read_config(page, url: str, wait_until) -> tuple[list[dict], dict]
 
 
 @pytest.mark.browser_timeout(240)
-def test_browser_receives_exactly_the_configured_ice_servers(app, server_factory, new_page, artifacts: Path,
-                                                            wait_until, results):
+def test_browser_receives_exactly_the_configured_ice_servers(app, server_factory, new_page, artifacts: Path, results):
     # Remote-style: TURN servers in the secrets file, as on a hosted deployment (nothing listens on
     # 127.0.0.2:3478, which is fine).
     remote = server_factory(secrets=TURN_SECRETS)
     page = new_page(RECORD_RTC_JS)
-    calls, outcome = start_and_read_config(page, remote.url, wait_until)
+    calls, outcome = start_and_read_config(page, remote.url)
     page.screenshot(path=str(artifacts / "turn-configured.png"))
     results("ice_turn_configured_calls", calls)
     results("ice_turn_configured_outcome", outcome)
@@ -235,7 +251,7 @@ def test_browser_receives_exactly_the_configured_ice_servers(app, server_factory
 
     # Nothing configured: an empty list, no public STUN server added behind the user's back.
     page = new_page(RECORD_RTC_JS)
-    calls, outcome = start_and_read_config(page, app.url, wait_until)
+    calls, outcome = start_and_read_config(page, app.url)
     results("ice_unconfigured_calls", calls)
     results("ice_unconfigured_outcome", outcome)
     assert [call["passed"]["iceServers"] for call in calls] == [[]], calls

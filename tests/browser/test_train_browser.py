@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from expr_core import jobs
-from expr_core.dataset import DatasetStore
+from expr_core.data.store import DatasetStore
+from expr_core.jobs import folder as job
+from expr_core.jobs import runs
 from expr_core.registry import Registry
+from tests.waiting import holds_for, wait_for
 
 from .conftest import (
     metric_value,
@@ -32,8 +34,15 @@ from .conftest import (
 
 CROPS = 8  # per burst
 BURSTS = [("happy", 1), ("happy", 2), ("sad", 1), ("sad", 2)]  # two capture sessions per label: a grouped split
-TINY = {"backbone": "mobilenetv3small", "weights": "none", "image_size": 48, "epochs_1": 3, "epochs_2": 1,
-        "batch_size": 8, "quantize": False}
+TINY = {
+    "backbone": "mobilenetv3small",
+    "weights": "none",
+    "image_size": 48,
+    "epochs_1": 3,
+    "epochs_2": 1,
+    "batch_size": 8,
+    "quantize": False,
+}
 RUN_HEADING = re.compile(r"^Run \d{8}-\d{6}-\w+: (queued|running)$")
 LAST_RUN_DONE = re.compile(r"^Last run (\d{8}-\d{6}-\w+): done$")
 # A Vega chart that really drew something: vega-embed's canvas (or svg) with a non-zero size.
@@ -45,17 +54,24 @@ DRAWN_CHARTS_JS = """(root) => [...root.querySelectorAll('[data-testid="stVegaLi
 })"""
 
 
-def record_burst(page, store: DatasetStore, label: str, wait_until) -> list:
+def record_burst(page, store: DatasetStore, label: str) -> list:
     """Select ``label``, click Record, and wait for the burst's crops on disk; returns the new samples."""
     before = {s.id for s in store.samples()}
     radio = page.get_by_role("radiogroup", name="Label").get_by_role("radio", name=label, exact=True)
     if radio.get_attribute("aria-checked") != "true":
         radio.click()
-    wait_until(lambda: radio.get_attribute("aria-checked") == "true", 10, f"label {label} selected")
+    wait_for(lambda: radio.get_attribute("aria-checked") == "true", 10, f"label {label} selected")
     page.get_by_role("button", name="Record").click()
-    wait_until(lambda: len([s for s in store.samples() if s.id not in before]) >= CROPS, 60,
-               f"{CROPS} new {label} crops in the workspace")
-    time.sleep(0.5)  # the burst is complete: nothing more may arrive
+    wait_for(
+        lambda: len([s for s in store.samples() if s.id not in before]) >= CROPS,
+        60,
+        f"{CROPS} new {label} crops in the workspace",
+    )
+    holds_for(
+        lambda: len([s for s in store.samples() if s.id not in before]) == CROPS,
+        0.5,
+        f"exactly {CROPS} new {label} crops (the burst is complete: nothing more may arrive)",
+    )
     return [s for s in store.samples() if s.id not in before]
 
 
@@ -64,8 +80,11 @@ def set_select_slider(page, label: str, value: str) -> None:
     slider = page.get_by_test_id("stSlider").filter(has_text=label).get_by_role("slider")
     slider.focus()
     slider.press("Home")
-    page.wait_for_function("([el, v]) => el.getAttribute('aria-valuetext') === v || el.textContent.trim() === v",
-                           arg=[slider.element_handle(), value], timeout=10_000)
+    page.wait_for_function(
+        "([el, v]) => el.getAttribute('aria-valuetext') === v || el.textContent.trim() === v",
+        arg=[slider.element_handle(), value],
+        timeout=10_000,
+    )
 
 
 def fill_form_number(page, label: str, value: int) -> None:
@@ -87,7 +106,7 @@ def live_progress_shown(page) -> str | None:
 
 
 @pytest.mark.browser_timeout(420)
-def test_capture_then_train_shows_the_run_with_its_charts(server_factory, page, artifacts: Path, wait_until, results):
+def test_capture_then_train_shows_the_run_with_its_charts(server_factory, page, artifacts: Path, results):
     server = server_factory()
     store = DatasetStore(server.workspace)
     began = time.monotonic()
@@ -99,18 +118,18 @@ def test_capture_then_train_shows_the_run_with_its_charts(server_factory, page, 
     settle_number(page, "Seconds between crops", 0.1)
     settle_number(page, "Countdown (s)", 0)
     tries = start_camera(page)
-    wait_until(lambda: overlay_pixels(page)["green"] >= 300, 20, "the green face box in the returned video")
+    wait_for(lambda: overlay_pixels(page)["green"] >= 300, 20, "the green face box in the returned video")
     sessions: dict[str, set[str]] = {}
     for label, n in BURSTS:
         if not (video_state(page) or {}).get("playing") or not wait_playing(page, timeout=5, settle=1):
             tries += start_camera(page)  # a label click's rerun stopped the camera: retry, and count it
-        new = record_burst(page, store, label, wait_until)
+        new = record_burst(page, store, label)
         assert len(new) == CROPS and {s.label for s in new} == {label} and {s.source for s in new} == {"webcam"}
         assert len({s.session for s in new}) == 1, "one burst is one capture session"
         sessions.setdefault(label, set()).update(s.session for s in new)
         page.screenshot(path=str(artifacts / f"01-captured-{label}-{n}.png"))
     assert {label: len(ids) for label, ids in sessions.items()} == {"happy": 2, "sad": 2}
-    wait_until(lambda: metric_value(page, "sad") == str(2 * CROPS), 15, "the page's sad count")
+    wait_for(lambda: metric_value(page, "sad") == str(2 * CROPS), 15, "the page's sad count")
     webrtc_frame(page).get_by_role("button", name="Stop", exact=True).click()
     captured = time.monotonic()
     results("capture_start_tries", tries)
@@ -135,24 +154,31 @@ def test_capture_then_train_shows_the_run_with_its_charts(server_factory, page, 
     clicked = time.monotonic()
 
     # -- Live progress, and a reload while it runs reattaches to the job.
-    first = wait_until(lambda: live_progress_shown(page), 30, "the live progress section")
-    run_id = jobs.active_run(server.workspace)
+    first = wait_for(lambda: live_progress_shown(page), 30, "the live progress section")
+    run_id = runs.active_run(server.workspace)
     assert run_id, "no training job is running in the workspace after Start"
-    config = json.loads((jobs.run_dir(server.workspace, run_id) / jobs.CONFIG_FILE).read_text())
+    config = json.loads((runs.run_dir(server.workspace, run_id) / job.CONFIG_FILE).read_text())
     assert {k: config[k] for k in TINY} == TINY, "the run did not get the form's settings"
-    bars = wait_until(lambda: (s := live_progress_shown(page)) and s.startswith("bars") and s, 120,
-                      "the epoch/batch progress bars")
+    bars = wait_for(
+        lambda: (s := live_progress_shown(page)) and s.startswith("bars") and s, 120, "the epoch/batch progress bars"
+    )
     page.screenshot(path=str(artifacts / "03-training.png"), full_page=True)
     assert re.search(r"epoch \d+/\d+", bars), bars
-    state_before_reload = jobs.job_status(server.workspace, run_id)["state"]
+    state_before_reload = runs.run_status(server.workspace, run_id)["state"]
     page.reload()
     page.get_by_role("heading", name="Train", exact=True).wait_for(timeout=60_000)
-    if state_before_reload == "running" and jobs.job_status(server.workspace, run_id)["state"] == "running":
-        again = wait_until(lambda: live_progress_shown(page), 30, "the live progress after a reload")
+    if state_before_reload == "running" and runs.run_status(server.workspace, run_id)["state"] == "running":
+        again = wait_for(lambda: live_progress_shown(page), 30, "the live progress after a reload")
         assert page.get_by_role("button", name="Start training").count() == 0, "the form shows while a job runs"
         # ...and its bars come back (unless the run ends first: the next phase may start with a long first batch).
-        again = wait_until(lambda: ((s := live_progress_shown(page)) and s.startswith("bars") and s)
-                           or (jobs.active_run(server.workspace) is None and again), 90, "the progress bars after a reload")
+        again = wait_for(
+            lambda: (
+                ((s := live_progress_shown(page)) and s.startswith("bars") and s)
+                or (runs.active_run(server.workspace) is None and again)
+            ),
+            90,
+            "the progress bars after a reload",
+        )
         page.screenshot(path=str(artifacts / "04-reloaded.png"), full_page=True)
         reattached = True
     else:
@@ -168,9 +194,16 @@ def test_capture_then_train_shows_the_run_with_its_charts(server_factory, page, 
     page.get_by_test_id("stMetric").filter(has_text="Validation accuracy").wait_for()
     accuracy = metric_value(page, "Validation accuracy")
     assert re.fullmatch(r"\d{1,3}\.\d%", accuracy), accuracy
-    charts = wait_until(lambda: (c := page.evaluate_handle("document").evaluate(DRAWN_CHARTS_JS))
-                        and len(c) >= 3 and all(x and x["width"] > 100 and x["height"] > 100 for x in c) and c,
-                        30, "three drawn Vega charts (loss, accuracy, confusion matrix)")
+    charts = wait_for(
+        lambda: (
+            (c := page.evaluate_handle("document").evaluate(DRAWN_CHARTS_JS))
+            and len(c) >= 3
+            and all(x and x["width"] > 100 and x["height"] > 100 for x in c)
+            and c
+        ),
+        30,
+        "three drawn Vega charts (loss, accuracy, confusion matrix)",
+    )
     page.wait_for_timeout(1000)
     done.scroll_into_view_if_needed()  # Streamlit scrolls its main area, not the document: scroll, then shoot
     page.screenshot(path=str(artifacts / "05-done-curves.png"))
@@ -180,14 +213,14 @@ def test_capture_then_train_shows_the_run_with_its_charts(server_factory, page, 
     assert page.get_by_role("link", name="Compare and activate models").count() == 1
 
     # On disk: a done run with a published model and the report the page showed.
-    runs = Registry(server.workspace).runs()
-    assert [(r.run_id, r.state) for r in runs] == [(run_id, "done")]
+    listed = Registry(server.workspace).runs()
+    assert [(r.run_id, r.state) for r in listed] == [(run_id, "done")]
     report = Registry(server.workspace).metrics(run_id)
     assert f"{report['accuracy']:.1%}" == accuracy
     assert sum(map(sum, report["confusion_matrix"])) == report["n"] > 0
     assert (Registry(server.workspace).model_dir(run_id) / "model.tflite").is_file()
     # The worker writes "done" and then exits (TensorFlow's teardown takes a few seconds on a busy machine).
-    wait_until(lambda: not jobs.worker_alive(jobs.run_dir(server.workspace, run_id)), 60, "the training worker to exit")
+    wait_for(lambda: not job.worker_alive(runs.run_dir(server.workspace, run_id)), 60, "the training worker to exit")
 
     results("train_first_progress", first)
     results("train_progress_after_reload", again)

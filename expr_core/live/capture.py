@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .dataset import DatasetStore, NewSample, new_id
-from .errors import UserError
-from .faces import Face, crop_face, pick_faces
+from expr_core.data.store import DatasetStore, NewSample, new_id
+from expr_core.errors import UserError
+from expr_core.vision.faces import Face, crop_face, pick_faces
 
 log = logging.getLogger(__name__)
 
 MAX_BURST = 500
+INTERVAL_RANGE_S = (0.05, 10.0)
+MAX_COUNTDOWN_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,9 @@ class BurstRequest:
             raise UserError(f"Pick a label to record into (labels: {', '.join(labels)}).")
         if not 1 <= self.count <= MAX_BURST:
             raise UserError(f"A burst takes 1 to {MAX_BURST} crops.")
-        if not 0.05 <= self.interval_s <= 10 or not 0 <= self.countdown_s <= 10:
-            raise UserError("The interval must be 0.05-10 s and the countdown 0-10 s.")
+        low, high = INTERVAL_RANGE_S
+        if not low <= self.interval_s <= high or not 0 <= self.countdown_s <= MAX_COUNTDOWN_S:
+            raise UserError(f"The interval must be {low}-{high:g} s and the countdown 0-{MAX_COUNTDOWN_S:g} s.")
 
 
 class SampleWriter:
@@ -93,7 +96,9 @@ class RecorderStatus:
 class Recorder:
     """One browser session's recording state, shared between its script thread and frame thread."""
 
-    def __init__(self, writer: SampleWriter, margin: float, crop_size: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, writer: SampleWriter, margin: float, crop_size: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._writer = writer
         self._margin = margin
         self._crop_size = crop_size
@@ -112,8 +117,12 @@ class Recorder:
             self._session = new_id()
             self._start_at = self._clock() + request.countdown_s
             self._next_at = self._start_at
-            self._status = RecorderStatus(phase="countdown" if request.countdown_s else "recording",
-                                          label=request.label, target=request.count, saved=self._status.saved)
+            self._status = RecorderStatus(
+                phase="countdown" if request.countdown_s else "recording",
+                label=request.label,
+                target=request.count,
+                saved=self._status.saved,
+            )
 
     def stop(self) -> None:
         with self._lock:
@@ -139,8 +148,14 @@ class Recorder:
                 self._status.no_face_frames += 1
                 return
             samples = [
-                NewSample(image=crop_face(frame, face, self._margin, self._crop_size), label=request.label,
-                          source="webcam", session=self._session, score=face.score, captured_by=request.captured_by)
+                NewSample(
+                    image=crop_face(frame, face, self._margin, self._crop_size),
+                    label=request.label,
+                    source="webcam",
+                    session=self._session,
+                    score=face.score,
+                    captured_by=request.captured_by,
+                )
                 for face in chosen
             ]
             self._status.taken += 1
@@ -165,7 +180,7 @@ def annotate_capture_frame(frame: np.ndarray, faces: list[Face], recorder: Recor
 
     Crops are cut before anything is drawn, so saved samples never contain the overlay.
     """
-    from .overlay import GREEN, RED, draw_banner, draw_countdown, draw_face
+    from expr_core.vision.overlay import GREEN, RED, draw_banner, draw_countdown, draw_face
 
     recorder.on_frame(frame, faces)
     status = recorder.status()

@@ -6,7 +6,6 @@ Imports TensorFlow/Keras: only worker processes and the CLI may import this modu
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 import tempfile
 import time
@@ -16,10 +15,12 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from . import atomic, jobs
-from .dataset import validate_label
-from .errors import InvalidLabel, ModelFileError
-from .registry import KERAS_FILE, LABELS_FILE, TFLITE_DYNAMIC_FILE, TFLITE_FILE, Registry
+from expr_core import atomic
+from expr_core.data.store import validate_label
+from expr_core.errors import InvalidLabel, ModelFileError
+from expr_core.jobs import runs
+from expr_core.jobs.folder import JobState, JobWriter
+from expr_core.registry import KERAS_FILE, LABELS_FILE, TFLITE_DYNAMIC_FILE, TFLITE_FILE, Registry
 
 
 class ImportRejected(ModelFileError):
@@ -39,8 +40,11 @@ def export_tflite(model: keras.Model, folder: Path, quantize: bool) -> dict[str,
         start = time.perf_counter()
         archive = keras.export.ExportArchive()
         archive.track(model)
-        archive.add_endpoint("serve", functools.partial(model.__call__, training=False),
-                             input_signature=[tf.TensorSpec((None, *size), tf.float32, name="image")])
+        archive.add_endpoint(
+            "serve",
+            functools.partial(model.__call__, training=False),
+            input_signature=[tf.TensorSpec((None, *size), tf.float32, name="image")],
+        )
         archive.write_out(saved_model, verbose=False)
         timings["saved_model_s"] = time.perf_counter() - start
         variants = [(TFLITE_FILE, [])] + ([(TFLITE_DYNAMIC_FILE, [tf.lite.Optimize.DEFAULT])] if quantize else [])
@@ -75,8 +79,10 @@ def load_checked(path: Path, n_labels: int) -> keras.Model:
         )
     outputs = model.outputs[0].shape[-1]
     if outputs != n_labels:
-        raise ImportRejected(f"{path.name}: it has {outputs} outputs but {n_labels} labels were given; give one label "
-                             "per output, in output order.")
+        raise ImportRejected(
+            f"{path.name}: it has {outputs} outputs but {n_labels} labels were given; give one label "
+            "per output, in output order."
+        )
     return model
 
 
@@ -98,16 +104,17 @@ def import_model(workspace: Path, path: Path, labels: list[str], quantize: bool 
     labels = _checked_labels(labels)
     model = load_checked(path, len(labels))
     size = int(model.inputs[0].shape[1])
-    run_id, folder = jobs.create_run(workspace, {"imported_from": Path(path).name, "image_size": size}, kind="import")
+    run_id, folder = runs.create_run(workspace, {"imported_from": Path(path).name, "image_size": size}, kind="import")
     registry = Registry(workspace)
-    writer = jobs.JobWriter(folder, run_id)
+    writer = JobWriter(folder)
     try:
-        writer.status(state="running", worker=jobs.process_identity(os.getpid()))
         staged = registry.staging_dir(run_id)
         shutil.copyfile(path, staged / KERAS_FILE)
         export_tflite(model, staged, quantize)
         atomic.write_json(staged / LABELS_FILE, labels)
-        registry.publish(run_id, writer, labels=labels)
+        registry.publish(run_id)
+        writer.status(state=JobState.DONE, finished=time.time(), labels=labels)
+        registry.activate_if_none(run_id)
     except BaseException:
         writer.close()
         shutil.rmtree(folder, ignore_errors=True)

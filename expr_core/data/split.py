@@ -1,6 +1,6 @@
 """Train/validation split that is stratified by label and never cuts through a group.
 
-A group (:attr:`expr_core.dataset.Sample.group`) is a capture session, a subject or a source photo:
+A group (:attr:`expr_core.data.store.Sample.group`) is a capture session, a subject or a source photo:
 frames of one burst are near-duplicates, so putting some in training and others in validation would
 make validation accuracy a memory test. Whole groups go to one side; the greedy assignment keeps
 each label's validation share close to the requested fraction.
@@ -12,8 +12,8 @@ import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from .dataset import Sample
-from .errors import DatasetError
+from expr_core.data.store import Sample
+from expr_core.errors import DatasetError
 
 MIN_SAMPLES_PER_LABEL = 4
 MIN_GROUPS_PER_LABEL = 2
@@ -39,7 +39,8 @@ def check_trainable(samples: list[Sample], labels: list[str]) -> None:
     """Raise :class:`SplitError` saying exactly which label lacks samples or groups, and what to do."""
     if len(labels) < 2:
         raise SplitError(
-            f"Training needs at least two labels with samples; there is only {labels[0]!r}." if labels
+            f"Training needs at least two labels with samples; there is only {labels[0]!r}."
+            if labels
             else "The dataset has no samples yet: capture or import faces for at least two labels."
         )
     by_label: dict[str, list[Sample]] = defaultdict(list)
@@ -97,8 +98,10 @@ def _error(counts: Counter, target: dict[str, float]) -> float:
 def _ensure_both_sides(groups: dict[str, list[Sample]], labels: list[str], val_groups: set[str]) -> None:
     """Move the smallest suitable group across for any label left without validation or training samples."""
     for label in labels:
-        having = sorted((g for g, items in groups.items() if any(s.label == label for s in items)),
-                        key=lambda g: (len(groups[g]), g))
+        having = sorted(
+            (g for g, items in groups.items() if any(s.label == label for s in items)),
+            key=lambda g: (len(groups[g]), g),
+        )
         if not any(g in val_groups for g in having):
             val_groups.add(having[0])
         if all(g in val_groups for g in having):

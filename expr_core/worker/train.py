@@ -6,7 +6,7 @@ validation images) and the head trains on the cached features, about a hundred t
 Phase 2 fine-tunes the whole network at a very low learning rate on augmented images.
 
 Runs in its own process (``python -m expr_core train``); progress goes to the run's files through
-:class:`expr_core.jobs.JobWriter`. Imports TensorFlow: never import this from the Streamlit server.
+:class:`expr_core.jobs.folder.JobWriter`. Imports TensorFlow: never import this from the Streamlit server.
 """
 
 from __future__ import annotations
@@ -32,18 +32,30 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import atomic, jobs
-from .convert import export_tflite
-from .dataset import DatasetStore, Sample
-from .errors import DatasetError, UserError, disk_full, is_disk_full
-from .evaluate import classification_report
-from .model import Network, augmentation, build_network, inference_copy, set_phase
-from .registry import (DATASET_FILE, HISTORY_FILE, KERAS_FILE, LABELS_FILE, METRICS_FILE, STAGING_DIR,
-                       TFLITE_DYNAMIC_FILE, TFLITE_FILE, Registry)
-from .serving import Classifier
-from .settings import Settings
-from .split import Split, split_samples
-from .train_config import TrainConfig
+from expr_core import atomic
+from expr_core.data.split import Split, split_samples
+from expr_core.data.store import DatasetStore, Sample
+from expr_core.errors import DatasetError, UserError, disk_full, is_disk_full
+from expr_core.evaluate import classification_report
+from expr_core.jobs import runs
+from expr_core.jobs.folder import CANCEL_FILE, CONFIG_FILE, EventType, JobState, JobWriter
+from expr_core.jobs.runs import Phase
+from expr_core.registry import (
+    DATASET_FILE,
+    HISTORY_FILE,
+    KERAS_FILE,
+    LABELS_FILE,
+    METRICS_FILE,
+    STAGING_DIR,
+    TFLITE_DYNAMIC_FILE,
+    TFLITE_FILE,
+    Registry,
+)
+from expr_core.serving import Classifier
+from expr_core.settings import Settings
+from expr_core.train_config import TrainConfig
+from expr_core.worker.convert import export_tflite
+from expr_core.worker.model import Network, augmentation, build_network, inference_copy, set_phase
 
 BATCH_EVENT_EVERY_S = 0.5  # per-batch events are throttled: the head phase runs hundreds of batches a second
 STATUS_EVERY_S = 1.0
@@ -103,7 +115,7 @@ class CancelGuard:
 class Progress(keras.callbacks.Callback):
     """Batch and epoch events plus status updates for one phase; also the per-batch cancel check."""
 
-    def __init__(self, writer: jobs.JobWriter, guard: CancelGuard, phase: str, epochs: int, batches: int) -> None:
+    def __init__(self, writer: JobWriter, guard: CancelGuard, phase: str, epochs: int, batches: int) -> None:
         super().__init__()
         self.writer, self.guard, self.phase = writer, guard, phase
         self.epochs, self.batches = epochs, max(1, batches)
@@ -128,9 +140,16 @@ class Progress(keras.callbacks.Callback):
         if now - self._last_event < BATCH_EVENT_EVERY_S and batch + 1 < self.batches:
             return
         self._last_event = now
-        fields = {"phase": self.phase, "epoch": self.epoch + 1, "epochs": self.epochs, "batch": batch + 1,
-                  "batches": self.batches, "eta_s": self._eta(), **_rounded(logs)}
-        self.writer.event("batch", **fields)
+        fields = {
+            "phase": self.phase,
+            "epoch": self.epoch + 1,
+            "epochs": self.epochs,
+            "batch": batch + 1,
+            "batches": self.batches,
+            "eta_s": self._eta(),
+            **_rounded(logs),
+        }
+        self.writer.event(EventType.BATCH, **fields)
         self.writer.status(throttle_s=STATUS_EVERY_S, **{k: v for k, v in fields.items() if k != "phase"})
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
@@ -148,8 +167,15 @@ class Progress(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        self.writer.event("epoch", phase=self.phase, epoch=epoch + 1, epochs=self.epochs, lr=lr,
-                          seconds=round(time.perf_counter() - self._epoch_start, 2), **_rounded(logs))
+        self.writer.event(
+            EventType.EPOCH,
+            phase=self.phase,
+            epoch=epoch + 1,
+            epochs=self.epochs,
+            lr=lr,
+            seconds=round(time.perf_counter() - self._epoch_start, 2),
+            **_rounded(logs),
+        )
         self.writer.status(epoch=epoch + 1, epochs=self.epochs, eta_s=self._eta())
 
 
@@ -157,8 +183,8 @@ def _rounded(logs: dict | None) -> dict[str, float]:
     return {k: round(float(v), 5) for k, v in (logs or {}).items() if k != "learning_rate"}
 
 
-def _phase(writer: jobs.JobWriter, phase: str, title: str) -> None:
-    writer.event("phase", phase=phase, title=title)
+def _phase(writer: JobWriter, phase: Phase, title: str) -> None:
+    writer.event(EventType.PHASE, phase=phase, title=title)
     writer.status(phase=phase, epoch=None, epochs=None, batch=None, batches=None, eta_s=None, message=title)
 
 
@@ -187,8 +213,12 @@ def load_arrays(store: DatasetStore, samples: list[Sample], labels: list[str], s
         x[i] = cv2.cvtColor(cv2.resize(image, (size, size), interpolation=interp), cv2.COLOR_BGR2RGB)
     if broken:
         more = f" (and {len(broken) - 5} more)" if len(broken) > 5 else ""
-        raise DatasetError(f"{len(broken)} sample(s) cannot be read, so nothing was trained: " + " ".join(broken[:5])
-                           + more + " Delete these samples (or restore their files) and train again.")
+        raise DatasetError(
+            f"{len(broken)} sample(s) cannot be read, so nothing was trained: "
+            + " ".join(broken[:5])
+            + more
+            + " Delete these samples (or restore their files) and train again."
+        )
     return Arrays(x, np.array([index[s.label] for s in samples], np.int32), samples)
 
 
@@ -208,10 +238,11 @@ def _compile(model: keras.Model, lr: float) -> None:
 
 
 # -- the two phases ------------------------------------------------------------------------------
-def cache_features(net: Network, train: Arrays, val: Arrays, config: TrainConfig, writer: jobs.JobWriter,
-                   guard: CancelGuard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cache_features(
+    net: Network, train: Arrays, val: Arrays, config: TrainConfig, writer: JobWriter, guard: CancelGuard
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pooled base features of the training images (clean + augmented copies, labels repeated) and of val."""
-    _phase(writer, "features", "Computing the frozen base's features once")
+    _phase(writer, Phase.FEATURES, "Computing the frozen base's features once")
     augment = augmentation(config.seed)
     parts = [_images(train.x, config.batch_size)]
     parts += [_images(train.x, config.batch_size, augment) for _ in range(config.feature_copies)]
@@ -219,12 +250,17 @@ def cache_features(net: Network, train: Arrays, val: Arrays, config: TrainConfig
     data = parts[0]
     for part in parts[1:]:
         data = data.concatenate(part)
-    steps = (1 + config.feature_copies) * _batches(len(train.x), config.batch_size) + _batches(len(val.x), config.batch_size)
-    progress = Progress(writer, guard, "features", 1, steps)
+    steps = (1 + config.feature_copies) * _batches(len(train.x), config.batch_size) + _batches(
+        len(val.x), config.batch_size
+    )
+    progress = Progress(writer, guard, Phase.FEATURES, 1, steps)
     size = config.image_size
     # A plain graph function, traced once for any batch size: faster here than predict(), which compiles with XLA.
-    extract = tf.function(lambda batch: net.extractor(batch, training=False), jit_compile=False,
-                          input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
+    extract = tf.function(
+        lambda batch: net.extractor(batch, training=False),
+        jit_compile=False,
+        input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)],
+    )
     chunks = []
     for step, batch in enumerate(data):
         chunks.append(extract(batch).numpy())
@@ -234,55 +270,81 @@ def cache_features(net: Network, train: Arrays, val: Arrays, config: TrainConfig
     return features[:n_train], np.tile(train.y, 1 + config.feature_copies), features[n_train:]
 
 
-def train_head(net: Network, train: Arrays, val: Arrays, config: TrainConfig, writer: jobs.JobWriter,
-               guard: CancelGuard, work: Path) -> dict[str, list[float]]:
+def train_head(
+    net: Network, train: Arrays, val: Arrays, config: TrainConfig, writer: JobWriter, guard: CancelGuard, work: Path
+) -> dict[str, list[float]]:
     """Phase 1: the head alone on cached features; the best epoch's weights are kept."""
     f_train, y_train, f_val = cache_features(net, train, val, config, writer, guard)
-    _phase(writer, "head", "Phase 1: training the head (base frozen)")
+    _phase(writer, Phase.HEAD, "Phase 1: training the head (base frozen)")
     _compile(net.head, config.lr_1)
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=4, restore_best_weights=True),
-        keras.callbacks.ModelCheckpoint(str(work / "head.best.weights.h5"), monitor="val_accuracy",
-                                        save_best_only=True, save_weights_only=True),
+        keras.callbacks.ModelCheckpoint(
+            str(work / "head.best.weights.h5"), monitor="val_accuracy", save_best_only=True, save_weights_only=True
+        ),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", patience=3, factor=0.5),
-        Progress(writer, guard, "head", config.epochs_1, _batches(len(f_train), config.batch_size)),
+        Progress(writer, guard, Phase.HEAD, config.epochs_1, _batches(len(f_train), config.batch_size)),
     ]
-    history = net.head.fit(f_train, y_train, validation_data=(f_val, val.y), epochs=config.epochs_1,
-                           batch_size=config.batch_size, shuffle=True, verbose=0, callbacks=callbacks)
+    history = net.head.fit(
+        f_train,
+        y_train,
+        validation_data=(f_val, val.y),
+        epochs=config.epochs_1,
+        batch_size=config.batch_size,
+        shuffle=True,
+        verbose=0,
+        callbacks=callbacks,
+    )
     return _history(history)
 
 
-def fine_tune(net: Network, train: Arrays, val: Arrays, config: TrainConfig, writer: jobs.JobWriter,
-              guard: CancelGuard, baseline: float | None) -> dict[str, list[float]]:
+def fine_tune(
+    net: Network,
+    train: Arrays,
+    val: Arrays,
+    config: TrainConfig,
+    writer: JobWriter,
+    guard: CancelGuard,
+    baseline: float | None,
+) -> dict[str, list[float]]:
     """Phase 2: the whole network (BatchNorm frozen) on augmented images at a very low learning rate.
 
     If no phase-2 epoch beats ``baseline`` (phase 1's best validation accuracy), the phase-1 weights are
     put back: with little data, fine-tuning can overfit, and the user should not get a worse model.
     """
-    _phase(writer, "finetune", "Phase 2: fine-tuning the whole network (the first batch builds the graph)")
+    _phase(writer, Phase.FINETUNE, "Phase 2: fine-tuning the whole network (the first batch builds the graph)")
     phase1_weights = net.model.get_weights() if baseline is not None else None
     set_phase(net, fine_tune=True)
     _compile(net.model, config.lr_2)
     augment = augmentation(config.seed + 100)
-    train_data = (tf.data.Dataset.from_tensor_slices((train.x, train.y))
-                  .shuffle(len(train.x), seed=config.seed, reshuffle_each_iteration=True)
-                  .batch(config.batch_size)
-                  .map(lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y))
-                  .prefetch(tf.data.AUTOTUNE))
-    val_data = tf.data.Dataset.from_tensor_slices((val.x, val.y)).batch(config.batch_size).map(
-        lambda x, y: (tf.cast(x, tf.float32), y))
+    train_data = (
+        tf.data.Dataset.from_tensor_slices((train.x, train.y))
+        .shuffle(len(train.x), seed=config.seed, reshuffle_each_iteration=True)
+        .batch(config.batch_size)
+        .map(lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y))
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    val_data = (
+        tf.data.Dataset.from_tensor_slices((val.x, val.y))
+        .batch(config.batch_size)
+        .map(lambda x, y: (tf.cast(x, tf.float32), y))
+    )
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=3, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", patience=2, factor=0.5),
-        Progress(writer, guard, "finetune", config.epochs_2, _batches(len(train.x), config.batch_size)),
+        Progress(writer, guard, Phase.FINETUNE, config.epochs_2, _batches(len(train.x), config.batch_size)),
     ]
-    history = net.model.fit(train_data, validation_data=val_data, epochs=config.epochs_2, verbose=0,
-                            shuffle=False, callbacks=callbacks)  # the dataset reshuffles itself each epoch
+    history = net.model.fit(
+        train_data, validation_data=val_data, epochs=config.epochs_2, verbose=0, shuffle=False, callbacks=callbacks
+    )  # the dataset reshuffles itself each epoch
     best = max(history.history["val_accuracy"])
     if phase1_weights is not None and best < baseline:
         net.model.set_weights(phase1_weights)
-        writer.event("warning", message=f"Phase 2 did not beat phase 1 on validation accuracy ({best:.3f} < "
-                     f"{baseline:.3f}), so the phase-1 model is kept.")
+        writer.event(
+            EventType.WARNING,
+            message=f"Phase 2 did not beat phase 1 on validation accuracy ({best:.3f} < "
+            f"{baseline:.3f}), so the phase-1 model is kept.",
+        )
     return _history(history)
 
 
@@ -302,7 +364,8 @@ def validation_report(staged: Path, val: Arrays, labels: list[str]) -> dict[str,
     predicted = probs.argmax(axis=1)
     wrong = [
         {"id": s.id, "label": s.label, "predicted": labels[p], "confidence": round(float(probs[i, p]), 4)}
-        for i, (s, p) in enumerate(zip(val.samples, predicted)) if p != val.y[i]
+        for i, (s, p) in enumerate(zip(val.samples, predicted, strict=True))
+        if p != val.y[i]
     ]
     report["misclassified"] = sorted(wrong, key=lambda w: -w["confidence"])
     if (staged / TFLITE_DYNAMIC_FILE).is_file():
@@ -316,42 +379,51 @@ def validation_report(staged: Path, val: Arrays, labels: list[str]) -> dict[str,
 
 def dataset_summary(split: Split, excluded: list[str]) -> dict[str, Any]:
     return {
-        "labels": split.labels, "counts": split.counts(), "excluded_labels": excluded,
+        "labels": split.labels,
+        "counts": split.counts(),
+        "excluded_labels": excluded,
         "groups": {"train": len({s.group for s in split.train}), "val": len({s.group for s in split.val})},
-        "train_ids": [s.id for s in split.train], "val_ids": [s.id for s in split.val],
+        "train_ids": [s.id for s in split.train],
+        "val_ids": [s.id for s in split.val],
     }
 
 
-def _snapshot(store: DatasetStore, config: TrainConfig, writer: jobs.JobWriter) -> tuple[Split, list[str]]:
+def _snapshot(store: DatasetStore, config: TrainConfig, writer: JobWriter) -> tuple[Split, list[str]]:
     """Split the dataset as it is now; labels without samples are left out with a warning."""
     samples = store.samples()
     counts = Counter(s.label for s in samples)
     labels = [label for label in store.labels() if counts[label]]
     excluded = [label for label in store.labels() if not counts[label]]
     if excluded and len(labels) >= 2:
-        writer.event("warning", message=f"Labels without samples are left out of this model: {', '.join(excluded)}.")
+        writer.event(
+            EventType.WARNING, message=f"Labels without samples are left out of this model: {', '.join(excluded)}."
+        )
     split = split_samples(samples, labels, config.val_fraction, config.seed)
-    writer.event("dataset", labels=labels, counts=split.counts(), samples=len(split.train) + len(split.val))
+    writer.event(EventType.DATASET, labels=labels, counts=split.counts(), samples=len(split.train) + len(split.val))
     return split, excluded
 
 
-def train_run(settings: Settings, config: TrainConfig, run_id: str, writer: jobs.JobWriter,
-              guard: CancelGuard) -> dict[str, Any]:
+def train_run(
+    settings: Settings, config: TrainConfig, run_id: str, writer: JobWriter, guard: CancelGuard
+) -> dict[str, Any]:
     """Everything from the dataset snapshot to the published model; returns the CLI's result dict."""
-    folder = jobs.run_dir(settings.workspace, run_id)
+    folder = runs.run_dir(settings.workspace, run_id)
     work = folder / WORK_DIR
     work.mkdir(exist_ok=True)
     registry = Registry(settings.workspace)
     store = DatasetStore(settings.workspace)
-    _phase(writer, "prepare", "Reading the dataset and building the network")
+    _phase(writer, Phase.PREPARE, "Reading the dataset and building the network")
     split, excluded = _snapshot(store, config, writer)
     labels, size = split.labels, config.image_size
     both = load_arrays(store, split.train + split.val, labels, size)  # one pass: names every unreadable sample
     n = len(split.train)
     train, val = Arrays(both.x[:n], both.y[:n], split.train), Arrays(both.x[n:], both.y[n:], split.val)
     if config.weights == "none":
-        writer.event("warning", message="Training without pretrained weights (weights 'none'): the base starts "
-                     "from random values, so accuracy will be much lower than with ImageNet weights.")
+        writer.event(
+            EventType.WARNING,
+            message="Training without pretrained weights (weights 'none'): the base starts "
+            "from random values, so accuracy will be much lower than with ImageNet weights.",
+        )
     net = build_network(config.backbone, len(labels), size, config.weights)
     history = {}
     if config.epochs_1:
@@ -359,26 +431,41 @@ def train_run(settings: Settings, config: TrainConfig, run_id: str, writer: jobs
     if config.epochs_2:
         baseline = max(history["head"]["val_accuracy"]) if "head" in history else None
         history["finetune"] = fine_tune(net, train, val, config, writer, guard, baseline)
-    _phase(writer, "convert", "Saving the model and converting it for serving")
+    _phase(writer, Phase.CONVERT, "Saving the model and converting it for serving")
     staged = registry.staging_dir(run_id)
     inference_copy(net).save(staged / KERAS_FILE)
     conversion = export_tflite(net.model, staged, config.quantize)
-    writer.event("info", message=f"Conversion times (s): {conversion}")
-    _phase(writer, "evaluate", "Measuring the served model on the validation set")
+    writer.event(EventType.INFO, message=f"Conversion times (s): {conversion}")
+    _phase(writer, Phase.EVALUATE, "Measuring the served model on the validation set")
     report = validation_report(staged, val, labels)
-    for name, content in ((LABELS_FILE, labels), (METRICS_FILE, report), (HISTORY_FILE, history),
-                          (DATASET_FILE, dataset_summary(split, excluded)), (jobs.CONFIG_FILE, config.to_dict())):
+    for name, content in (
+        (LABELS_FILE, labels),
+        (METRICS_FILE, report),
+        (HISTORY_FILE, history),
+        (DATASET_FILE, dataset_summary(split, excluded)),
+        (CONFIG_FILE, config.to_dict()),
+    ):
         atomic.write_json(staged / name, content)
-    _phase(writer, "publish", "Publishing the model")
+    _phase(writer, Phase.PUBLISH, "Publishing the model")
     guard.publishing = True
-    registry.publish(run_id, writer, val_accuracy=report["accuracy"], labels=labels)
-    writer.event("end", state="done", error=None, val_accuracy=report["accuracy"])
+    registry.publish(run_id)
+    writer.status(state=JobState.DONE, finished=time.time(), val_accuracy=report["accuracy"], labels=labels)
+    registry.activate_if_none(run_id)
+    writer.event(EventType.END, state=JobState.DONE, error=None, val_accuracy=report["accuracy"])
     model_dir = registry.model_dir(run_id)
-    return {"run_id": run_id, "state": "done", "model_path": str(model_dir / KERAS_FILE),
-            "tflite_path": str(model_dir / TFLITE_FILE), "labels": labels, "val_accuracy": report["accuracy"],
-            "balanced_accuracy": report["balanced_accuracy"], "confusion_matrix": report["confusion_matrix"],
-            "per_class": report["per_class"], "quantized": report.get("quantized"),
-            "seconds": round(writer.elapsed(), 1)}
+    return {
+        "run_id": run_id,
+        "state": JobState.DONE,
+        "model_path": str(model_dir / KERAS_FILE),
+        "tflite_path": str(model_dir / TFLITE_FILE),
+        "labels": labels,
+        "val_accuracy": report["accuracy"],
+        "balanced_accuracy": report["balanced_accuracy"],
+        "confusion_matrix": report["confusion_matrix"],
+        "per_class": report["per_class"],
+        "quantized": report.get("quantized"),
+        "seconds": round(writer.elapsed(), 1),
+    }
 
 
 def _clean(folder: Path) -> None:
@@ -387,29 +474,29 @@ def _clean(folder: Path) -> None:
         shutil.rmtree(folder / name, ignore_errors=True)
 
 
-def _finish(writer: jobs.JobWriter, state: str, error: str | None) -> dict[str, Any]:
+def _finish(writer: JobWriter, state: JobState, error: str | None) -> dict[str, Any]:
     _clean(writer.folder)  # first: on a full disk this frees the space the final status needs
     writer.status(state=state, error=error, finished=time.time(), eta_s=None)
-    writer.event("end", state=state, error=error, val_accuracy=None)
-    return {"run_id": writer.run_id, "state": state, "error": error}
+    writer.event(EventType.END, state=state, error=error, val_accuracy=None)
+    return {"run_id": writer.job_id, "state": state, "error": error}
 
 
-def run_worker(settings: Settings, run_id: str, lock_fd: int | None = None,
-               echo: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def run_worker(
+    settings: Settings, run_id: str, lock_fd: int | None = None, echo: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
     """Train the already created run ``run_id`` while holding the workspace's training lock.
 
     Never raises for a failed or cancelled run: the outcome is in the returned dict and the run's files.
     The lock is held until the final status is written, so the next run cannot start before that.
     """
-    folder = jobs.run_dir(settings.workspace, run_id)
-    with jobs.training_lock(settings.workspace, lock_fd):
-        writer = jobs.JobWriter(folder, run_id, echo=echo)
+    folder = runs.run_dir(settings.workspace, run_id)
+    with runs.training_lock(settings.workspace, lock_fd):
+        writer = JobWriter(folder, echo=echo)
         try:
             try:
-                with CancelGuard(folder / jobs.CANCEL_FILE) as guard:
-                    config = TrainConfig.from_dict(atomic.read_json(folder / jobs.CONFIG_FILE, {})).validated()
-                    writer.status(state="running", started=time.time(), worker=jobs.process_identity(os.getpid()))
-                    writer.event("start", run_id=run_id, pid=os.getpid(), config=config.to_dict())
+                with CancelGuard(folder / CANCEL_FILE) as guard:
+                    config = TrainConfig.from_dict(atomic.read_json(folder / CONFIG_FILE, {})).validated()
+                    writer.event(EventType.START, run_id=run_id, pid=os.getpid(), config=config.to_dict())
                     return train_run(settings, config, run_id, writer, guard)
             except Exception as exc:
                 if not is_disk_full(exc):  # an OSError from h5py, Keras or TensorFlow, or DiskFull from our writes
@@ -417,14 +504,14 @@ def run_worker(settings: Settings, run_id: str, lock_fd: int | None = None,
             # The disk is full. Only out of the handler are the error's frames let go, and with them a file h5py
             # could not finish writing: while it is open its space stays in use, even once the file is deleted.
             gc.collect()
-            return _finish(writer, "failed", str(disk_full(folder)))
+            return _finish(writer, JobState.FAILED, str(disk_full(folder)))
         except (Cancelled, KeyboardInterrupt):
-            return _finish(writer, "cancelled", None)
+            return _finish(writer, JobState.CANCELLED, None)
         except UserError as exc:
-            return _finish(writer, "failed", str(exc))
+            return _finish(writer, JobState.FAILED, str(exc))
         except Exception as exc:  # a bug: keep the traceback in the log, tell the user what happened
             traceback.print_exc(file=sys.stderr)
-            return _finish(writer, "failed", f"Training crashed: {type(exc).__name__}: {exc}")
+            return _finish(writer, JobState.FAILED, f"Training crashed: {type(exc).__name__}: {exc}")
         finally:
             _clean(folder)
             writer.close()

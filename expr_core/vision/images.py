@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import BadInput
+from expr_core.errors import BadInput
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 MAX_PIXELS = 40_000_000  # a 40-megapixel photo is plenty; more is almost surely an attack or a mistake
@@ -45,8 +45,8 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             if img.width * img.height > MAX_PIXELS:
                 raise BadInput(
-                    f"{name}: {img.width}x{img.height} pixels is larger than the {MAX_PIXELS // 1_000_000} megapixel limit; "
-                    "scale it down first."
+                    f"{name}: {img.width}x{img.height} pixels is larger than the {MAX_PIXELS // 1_000_000} "
+                    "megapixel limit; scale it down first."
                 )
             img.load()
             # Phone photos store "rotate me" in EXIF; without this a portrait selfie is decoded sideways.
@@ -77,7 +77,10 @@ def _check_member(info: zipfile.ZipInfo, archive: str) -> None:
     if info.file_size > MAX_FILE_BYTES:
         raise BadInput(f"{archive}: member {info.filename!r} is {info.file_size:,} bytes, over the per-file limit.")
     if info.compress_size and info.file_size / info.compress_size > MAX_ZIP_RATIO:
-        raise BadInput(f"{archive}: member {info.filename!r} expands {info.file_size // info.compress_size}x; this looks like a zip bomb.")
+        raise BadInput(
+            f"{archive}: member {info.filename!r} expands {info.file_size // info.compress_size}x; "
+            "this looks like a zip bomb."
+        )
 
 
 def open_zip(data: bytes, archive: str) -> zipfile.ZipFile:

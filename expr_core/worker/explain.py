@@ -15,24 +15,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import atomic
-from .errors import ModelFileError
-from .faces import FaceDetector, crop_face
-from .registry import KERAS_FILE, LABELS_FILE, MODEL_DIR
+from expr_core import atomic
+from expr_core.errors import ModelFileError
+from expr_core.registry import ModelFiles
+from expr_core.vision.faces import FaceDetector, crop_face
 
 SHOWN_SIZE = 192  # crops and heat maps are shown at this size
 
 
 def load_model(path: Path) -> tuple[keras.Model, list[str]]:
     """The ``.keras`` model and labels of a run folder, its ``model/`` folder, or a ``.keras`` file."""
-    path = Path(path)
-    for candidate in (path, path / KERAS_FILE, path / MODEL_DIR / KERAS_FILE):
-        if candidate.is_file() and candidate.suffix == ".keras":
-            labels = atomic.read_json(candidate.parent / LABELS_FILE)
-            if not labels:
-                raise ModelFileError(f"{candidate}: {LABELS_FILE} is missing beside the model.")
-            return keras.saving.load_model(candidate, compile=False), list(labels)
-    raise ModelFileError(f"{path}: no .keras model there (explanations need the Keras model, not the TFLite file).")
+    files = ModelFiles.locate(path)
+    keras_file = Path(path) if Path(path).suffix == ".keras" else files.keras
+    if not keras_file.is_file():
+        raise ModelFileError(f"{path}: no .keras model there (explanations need the Keras model, not the TFLite file).")
+    return keras.saving.load_model(keras_file, compile=False), ModelFiles(keras_file.parent).labels()
 
 
 def _split_at_base(model: keras.Model) -> tuple[list, keras.Model, list]:
@@ -40,7 +37,7 @@ def _split_at_base(model: keras.Model) -> tuple[list, keras.Model, list]:
     layers = model.layers[1:]  # [0] is the input layer
     for i, layer in enumerate(layers):
         if isinstance(layer, keras.Model):
-            return layers[:i], layer, layers[i + 1:]
+            return layers[:i], layer, layers[i + 1 :]
     raise ModelFileError("This model has no nested backbone, so its last convolutional block cannot be found.")
 
 
@@ -62,15 +59,16 @@ def gradcam(model: keras.Model, batch_rgb: np.ndarray) -> tuple[np.ndarray, np.n
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     cams = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy()
     size = batch_rgb.shape[1]
-    maps = np.stack([cv2.resize(c / c.max() if c.max() > 0 else c, (size, size), interpolation=cv2.INTER_CUBIC)
-                     for c in cams])
+    maps = np.stack(
+        [cv2.resize(c / c.max() if c.max() > 0 else c, (size, size), interpolation=cv2.INTER_CUBIC) for c in cams]
+    )
     return y.numpy(), np.clip(maps, 0, 1)
 
 
 def overlay(crop_bgr: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """The heat map in the JET colour map blended over the crop (red: most important)."""
     heat = cv2.resize(heat, (crop_bgr.shape[1], crop_bgr.shape[0]))
-    colored = cv2.applyColorMap(np.uint8(255 * heat), cv2.COLORMAP_JET)
+    colored = cv2.applyColorMap((255 * heat).astype(np.uint8), cv2.COLORMAP_JET)
     return cv2.addWeighted(crop_bgr, 1 - alpha, colored, alpha, 0)
 
 
@@ -82,8 +80,7 @@ def _write_png(path: Path, image: np.ndarray) -> str:
     return str(path)
 
 
-def explain_image(model_path: Path, image: np.ndarray, detector: FaceDetector, margin: float,
-                  out: Path) -> list[dict]:
+def explain_image(model_path: Path, image: np.ndarray, detector: FaceDetector, margin: float, out: Path) -> list[dict]:
     """For every face: box, label, probabilities, and the paths of its crop and heat-map PNGs in ``out``."""
     model, labels = load_model(model_path)
     size = int(model.inputs[0].shape[1])
@@ -93,12 +90,15 @@ def explain_image(model_path: Path, image: np.ndarray, detector: FaceDetector, m
     crops = [crop_face(image, face, margin, size) for face in faces]
     probs, maps = gradcam(model, np.stack([c[..., ::-1] for c in crops]).astype("float32"))
     entries = []
-    for i, (face, crop, p, heat) in enumerate(zip(faces, crops, probs, maps), start=1):
+    for i, (face, crop, p, heat) in enumerate(zip(faces, crops, probs, maps, strict=True), start=1):
         shown = cv2.resize(crop, (SHOWN_SIZE, SHOWN_SIZE), interpolation=cv2.INTER_CUBIC)
-        entries.append({
-            "box": list(face.box), "label": labels[int(p.argmax())],
-            "probs": {label: round(float(v), 4) for label, v in zip(labels, p)},
-            "crop": _write_png(Path(out) / f"face{i}.png", shown),
-            "heatmap": _write_png(Path(out) / f"face{i}_heat.png", overlay(shown, heat)),
-        })
+        entries.append(
+            {
+                "box": list(face.box),
+                "label": labels[int(p.argmax())],
+                "probs": {label: round(float(v), 4) for label, v in zip(labels, p, strict=True)},
+                "crop": _write_png(Path(out) / f"face{i}.png", shown),
+                "heatmap": _write_png(Path(out) / f"face{i}_heat.png", overlay(shown, heat)),
+            }
+        )
     return entries

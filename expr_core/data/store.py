@@ -25,33 +25,34 @@ import time
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
-from . import atomic
-from .errors import DatasetError, DiskFull, InvalidLabel, disk_full, is_disk_full
+from expr_core import atomic
+from expr_core.errors import DatasetError, DiskFull, InvalidLabel, disk_full, is_disk_full
 
 DEFAULT_LABELS = ("happy", "sad")
 SOURCES = ("webcam", "upload", "import", "review")
 MAX_LABEL_LEN = 40
-RESERVED_LABELS = {"con", "prn", "aux", "nul", "images", "manifest", "labels"} | {f"com{i}" for i in range(10)} | {
-    f"lpt{i}" for i in range(10)
-}
+RESERVED_LABELS = (
+    {"con", "prn", "aux", "nul", "images", "manifest", "labels"}
+    | {f"com{i}" for i in range(10)}
+    | {f"lpt{i}" for i in range(10)}
+)
 JPEG_QUALITY = 95
 
 
 @dataclass(frozen=True)
-class Sample:
-    """One labelled face crop and where it came from."""
+class SampleInfo:
+    """What is known about a face crop besides its pixels: its label and where it came from."""
 
-    id: str
     label: str
     source: str
     session: str
-    created: float
     score: float | None = None
     captured_by: str = "anonymous"
     subject: str | None = None
@@ -70,19 +71,24 @@ class Sample:
             return f"origin:{self.origin}"
         return f"session:{self.session}"
 
+    def info(self) -> dict[str, Any]:
+        """The :class:`SampleInfo` fields alone (a :class:`Sample` or :class:`NewSample` has more)."""
+        return {f.name: getattr(self, f.name) for f in fields(SampleInfo)}
 
-@dataclass
-class NewSample:
+
+@dataclass(frozen=True)
+class Sample(SampleInfo):
+    """One labelled face crop in the dataset (a manifest line)."""
+
+    id: str = field(kw_only=True)
+    created: float = field(kw_only=True)
+
+
+@dataclass(frozen=True)
+class NewSample(SampleInfo):
     """A crop about to be added; the store assigns id and time."""
 
-    image: np.ndarray
-    label: str
-    source: str
-    session: str
-    score: float | None = None
-    captured_by: str = "anonymous"
-    subject: str | None = None
-    origin: str | None = None
+    image: np.ndarray = field(kw_only=True)
 
 
 def new_id() -> str:
@@ -153,7 +159,7 @@ class DatasetStore:
             labels = self.labels()
             self._require_label(old, labels)
             label = validate_label(new, [x for x in labels if x != old])
-            samples = [s if s.label != old else Sample(**{**asdict(s), "label": label}) for s in self._read()]
+            samples = [s if s.label != old else replace(s, label=label) for s in self._read()]
             self._rewrite(samples)
             atomic.write_json(self._labels_file, [label if x == old else x for x in labels])
         return label
@@ -166,7 +172,9 @@ class DatasetStore:
             self._require_label(name, labels)
             doomed = [s for s in self._read() if s.label == name]
             if doomed and not delete_samples:
-                raise DatasetError(f"Label {name!r} still has {len(doomed)} samples; delete them too or move them first.")
+                raise DatasetError(
+                    f"Label {name!r} still has {len(doomed)} samples; delete them too or move them first."
+                )
             self._remove(doomed)
             atomic.write_json(self._labels_file, [x for x in labels if x != name])
         return len(doomed)
@@ -203,14 +211,17 @@ class DatasetStore:
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise DatasetError(f"Sample {sample.id} ({sample.label}) has an unreadable image file ({path}: "
-                               f"{exc.strerror or exc}).") from exc
+            raise DatasetError(
+                f"Sample {sample.id} ({sample.label}) has an unreadable image file ({path}: {exc.strerror or exc})."
+            ) from exc
         # Every stored crop is a whole JPEG (written atomically), which ends with the EOI marker; OpenCV would
         # decode a truncated one without complaint, as a partly grey picture.
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data.endswith(b"\xff\xd9") else None
         if image is None:
-            raise DatasetError(f"Sample {sample.id} ({sample.label}) has an unreadable image file ({path}: "
-                               f"{'truncated or ' if data else 'empty, '}not a complete JPEG).")
+            raise DatasetError(
+                f"Sample {sample.id} ({sample.label}) has an unreadable image file ({path}: "
+                f"{'truncated or ' if data else 'empty, '}not a complete JPEG)."
+            )
         return image
 
     def add_samples(self, items: list[NewSample]) -> list[Sample]:
@@ -262,11 +273,8 @@ class DatasetStore:
         ok, encoded = cv2.imencode(".jpg", item.image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             raise DatasetError("Could not encode a face crop as JPEG.")
-        sample = Sample(
-            id=new_id(), label=item.label, source=item.source, session=item.session, created=time.time(),
-            score=None if item.score is None else round(float(item.score), 4), captured_by=item.captured_by,
-            subject=item.subject, origin=item.origin,
-        )
+        score = None if item.score is None else round(float(item.score), 4)
+        sample = Sample(**{**item.info(), "score": score}, id=new_id(), created=time.time())
         atomic.write_bytes(self.image_path(sample), encoded.tobytes())
         return sample
 

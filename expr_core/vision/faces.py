@@ -21,9 +21,9 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from . import assets
-from .errors import ModelFileError
-from .settings import Settings
+from expr_core import assets
+from expr_core.errors import ModelFileError
+from expr_core.settings import Settings
 
 # YuNet runs on images no larger than this on their long side (larger ones are shrunk; boxes scaled back).
 YUNET_MAX_SIDE = 640
@@ -43,7 +43,8 @@ class Face:
 
     def scaled(self, factor: float, width: int, height: int) -> Face | None:
         """This face in a frame ``factor`` times larger (``width`` x ``height``); ``None`` if it falls outside."""
-        box = _clip_box(*(v * factor for v in self.box), width, height)
+        x, y, w, h = (v * factor for v in self.box)
+        box = _clip_box(x, y, w, h, width, height)
         if box is None:
             return None
         marks = None if self.landmarks is None else tuple((x * factor, y * factor) for x, y in self.landmarks)
@@ -83,7 +84,7 @@ class YuNetDetector:
         for row in [] if rows is None else rows:
             if not np.isfinite(row[:15]).all():
                 continue  # YuNet can emit garbage rows on degenerate (e.g. 1-pixel) inputs
-            box = _clip_box(*row[:4], width, height)
+            box = _clip_box(float(row[0]), float(row[1]), float(row[2]), float(row[3]), width, height)
             if box is not None:
                 marks = tuple((float(row[4 + 2 * i]), float(row[5 + 2 * i])) for i in range(5))
                 faces.append(Face(box, float(row[14]), marks))
@@ -123,7 +124,9 @@ class HaarDetector:
     name = "haar"
 
     def __init__(self) -> None:
-        path = os.path.join(getattr(getattr(cv2, "data", None), "haarcascades", ""), "haarcascade_frontalface_default.xml")
+        path = os.path.join(
+            getattr(getattr(cv2, "data", None), "haarcascades", ""), "haarcascade_frontalface_default.xml"
+        )
         if not hasattr(cv2, "CascadeClassifier") or not os.path.isfile(path):
             raise ModelFileError(
                 "This OpenCV build ships no Haar cascades (opencv-python-headless 5.x dropped them); "
@@ -137,7 +140,7 @@ class HaarDetector:
         min_side = max(24, min(gray.shape[:2]) // 10)
         with self._lock:
             boxes = self._cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=6, minSize=(min_side, min_side))
-        faces = [Face(tuple(int(v) for v in b), 1.0) for b in boxes]
+        faces = [Face((int(x), int(y), int(w), int(h)), 1.0) for x, y, w, h in boxes]
         return sorted(faces, key=lambda f: -f.area)
 
 

@@ -13,16 +13,18 @@ import io
 import tempfile
 import unicodedata
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import atomic
-from .dataset import DatasetStore, NewSample, new_id, validate_label
-from .errors import BadInput, DatasetError, InvalidLabel
-from .faces import FaceDetector, detect_and_crop
-from .images import RawImage, decode_image, iter_path_images, iter_zip_images
-from .settings import Settings
+import numpy as np
+
+from expr_core import atomic
+from expr_core.data.store import DatasetStore, NewSample, new_id, validate_label
+from expr_core.errors import BadInput, DatasetError, InvalidLabel
+from expr_core.settings import Settings
+from expr_core.vision.faces import Face, FaceDetector, detect_and_crop
+from expr_core.vision.images import RawImage, decode_image, iter_path_images, iter_zip_images
 
 COMMIT_EVERY = 256
 
@@ -109,25 +111,46 @@ def _folder_label(folder: str, labels: list[str]) -> str | None:
     return next((label for label in labels if label.casefold() == key), None)
 
 
-def _to_samples(raw: RawImage, label: str, detector: FaceDetector, settings: Settings, options: ImportOptions,
-                session: str, subject: str | None) -> list[NewSample]:
+def _to_samples(
+    raw: RawImage,
+    label: str,
+    detector: FaceDetector | None,
+    settings: Settings,
+    options: ImportOptions,
+    session: str,
+    subject: str | None,
+) -> list[NewSample]:
     image = decode_image(raw.data, raw.name)
-    if options.cropped:
+    crops: Sequence[tuple[Face | None, np.ndarray]]
+    if options.cropped or detector is None:
         crops = [(None, image)]
     else:
         crops = detect_and_crop(detector, image, settings.crop_margin, settings.crop_size, options.largest_only)
         if not crops:
             raise BadInput(f"{raw.name}: no face found.")
     return [
-        NewSample(image=crop, label=label, source=options.source, session=session,
-                  score=None if face is None else face.score, captured_by=options.captured_by,
-                  subject=subject, origin=raw.name)
+        NewSample(
+            image=crop,
+            label=label,
+            source=options.source,
+            session=session,
+            score=None if face is None else face.score,
+            captured_by=options.captured_by,
+            subject=subject,
+            origin=raw.name,
+        )
         for face, crop in crops
     ]
 
 
-def import_raw(store: DatasetStore, raws: Iterable[RawImage], detector: FaceDetector, settings: Settings,
-               options: ImportOptions, subjects: dict[str, str] | None = None) -> ImportReport:
+def import_raw(
+    store: DatasetStore,
+    raws: Iterable[RawImage],
+    detector: FaceDetector | None,
+    settings: Settings,
+    options: ImportOptions,
+    subjects: dict[str, str] | None = None,
+) -> ImportReport:
     """Crop and add already-read images; labels come from ``options.label`` or each image's folder."""
     raws = list(raws)
     report = ImportReport(session=new_id())
@@ -138,7 +161,12 @@ def import_raw(store: DatasetStore, raws: Iterable[RawImage], detector: FaceDete
     for raw in raws:
         label = options.label or (_folder_label(raw.folder, labels) if raw.folder else None)
         if label is None:
-            report.skipped.append((raw.name, f"folder {raw.folder!r} is not a usable label" if raw.folder else "not inside a label folder"))
+            report.skipped.append(
+                (
+                    raw.name,
+                    f"folder {raw.folder!r} is not a usable label" if raw.folder else "not inside a label folder",
+                )
+            )
             continue
         try:
             subject = (subjects or {}).get(_relative_key(raw.name))
@@ -164,8 +192,9 @@ def _commit(store: DatasetStore, pending: list[NewSample], report: ImportReport)
     pending.clear()
 
 
-def import_paths(store: DatasetStore, paths: list[Path], detector: FaceDetector, settings: Settings,
-                 options: ImportOptions) -> ImportReport:
+def import_paths(
+    store: DatasetStore, paths: list[Path], detector: FaceDetector | None, settings: Settings, options: ImportOptions
+) -> ImportReport:
     """Import images, folders and zips named on the command line or uploaded by the app."""
     paths = [Path(p) for p in paths]
     _check_all(paths)
@@ -182,8 +211,13 @@ def _iter_all(paths: list[Path]) -> Iterator[RawImage]:
         yield from iter_path_images(path)
 
 
-def import_uploads(store: DatasetStore, files: list[tuple[str, bytes]], detector: FaceDetector,
-                   settings: Settings, options: ImportOptions) -> ImportReport:
+def import_uploads(
+    store: DatasetStore,
+    files: list[tuple[str, bytes]],
+    detector: FaceDetector | None,
+    settings: Settings,
+    options: ImportOptions,
+) -> ImportReport:
     """Import browser uploads given as ``(file name, bytes)``; zips are expanded after their check."""
     raws: list[RawImage] = []
     for name, data in files:

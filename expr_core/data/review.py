@@ -17,11 +17,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import atomic
-from .dataset import DatasetStore, NewSample, new_id
-from .errors import DatasetError
-from .faces import Face, crop_face
-from .live import FaceReading
+from expr_core import atomic
+from expr_core.data.store import JPEG_QUALITY, DatasetStore, NewSample, new_id
+from expr_core.errors import DatasetError
+from expr_core.live.pipeline import FaceReading
+from expr_core.vision.faces import Face, crop_face
 
 MAX_ITEMS = 500  # a forgotten checkbox must not fill the disk
 
@@ -48,13 +48,21 @@ class ReviewQueue:
         if len(self.items()) >= MAX_ITEMS:
             return None
         item_id = new_id()
-        ok, encoded = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        ok, encoded = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             return None
         atomic.write_bytes(self.image_path(item_id), encoded.tobytes())
-        atomic.write_json(self.root / f"{item_id}.json", {
-            "id": item_id, "predicted": reading.label, "confidence": round(reading.confidence, 4),
-            "probs": reading.probs, "created": time.time(), "captured_by": captured_by})
+        atomic.write_json(
+            self.root / f"{item_id}.json",
+            {
+                "id": item_id,
+                "predicted": reading.label,
+                "confidence": round(reading.confidence, 4),
+                "probs": reading.probs,
+                "created": time.time(),
+                "captured_by": captured_by,
+            },
+        )
         return item_id
 
     def items(self) -> list[ReviewItem]:
@@ -76,8 +84,16 @@ class ReviewQueue:
         for item in items:
             image = cv2.imread(str(self.image_path(item.id)), cv2.IMREAD_COLOR)
             if image is not None:
-                samples.append(NewSample(image, label, "review", session=f"review-{item.id}",
-                                         score=item.confidence, captured_by=captured_by))
+                samples.append(
+                    NewSample(
+                        label,
+                        "review",
+                        session=f"review-{item.id}",
+                        score=item.confidence,
+                        captured_by=captured_by,
+                        image=image,
+                    )
+                )
         store.add_samples(samples)
         self.discard([i.id for i in items])
         return len(samples)
@@ -92,8 +108,15 @@ class ReviewQueue:
 class UncertainFaceKeeper:
     """Pipeline hook: saves faces under ``threshold`` confidence, at most one per face per ``every_s``."""
 
-    def __init__(self, queue: ReviewQueue, threshold: float, margin: float, crop_size: int, captured_by: str,
-                 every_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        queue: ReviewQueue,
+        threshold: float,
+        margin: float,
+        crop_size: int,
+        captured_by: str,
+        every_s: float = 1.0,
+    ) -> None:
         self.queue, self.threshold, self.every_s = queue, threshold, every_s
         self.margin, self.crop_size, self.captured_by = margin, crop_size, captured_by
         self.kept = 0

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import keras
 
-from .errors import ModelFileError
+from expr_core.errors import ModelFileError
 
 # ImageNet statistics, on the 0..255 scale: keras.applications.densenet.preprocess_input ("torch" mode).
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -62,14 +62,16 @@ def _densenet201(size: int, weights: str | None) -> keras.Model:
 
 def _mobilenetv3small(size: int, weights: str | None) -> keras.Model:
     # include_preprocessing=True: MobileNetV3 rescales 0..255 to -1..1 itself.
-    return keras.applications.MobileNetV3Small(input_shape=(size, size, 3), include_top=False, weights=weights,
-                                               include_preprocessing=True)
+    return keras.applications.MobileNetV3Small(
+        input_shape=(size, size, 3), include_top=False, weights=weights, include_preprocessing=True
+    )
 
 
 def _densenet_preprocessing() -> keras.layers.Layer:
     """``preprocess_input`` of DenseNet as a serialisable layer: (x/255 - mean) / std per channel."""
-    return keras.layers.Normalization(mean=IMAGENET_MEAN, variance=[s * s for s in IMAGENET_STD],
-                                      name="imagenet_normalization")
+    return keras.layers.Normalization(
+        mean=IMAGENET_MEAN, variance=[s * s for s in IMAGENET_STD], name="imagenet_normalization"
+    )
 
 
 _BUILDERS: dict[str, tuple[Callable[[int, str | None], keras.Model], Callable[[], keras.layers.Layer] | None]] = {
@@ -90,7 +92,9 @@ def _build_base(backbone: str, size: int, weights: str) -> keras.Model:
     except ValueError as exc:
         if weights in ("imagenet", "none"):
             raise  # a shape problem: a bug or a bad size, not the user's weights
-        raise WeightsUnavailable(f"The weights file {weights} does not fit {backbone} without its top ({exc}).") from exc
+        raise WeightsUnavailable(
+            f"The weights file {weights} does not fit {backbone} without its top ({exc})."
+        ) from exc
     except Exception as exc:  # Keras reports download failures as a bare Exception ("URL fetch failure ...")
         if weights != "imagenet":
             raise
@@ -126,7 +130,9 @@ def build_network(backbone: str, n_labels: int, image_size: int, weights: str) -
         model=keras.Model(image, probs, name=f"expression_{backbone}"),
         extractor=keras.Model(image, features, name="extractor"),
         head=keras.Model(feature_input, head_probs, name="head"),
-        base=base, backbone=backbone, pretrained=weights != "none",
+        base=base,
+        backbone=backbone,
+        pretrained=weights != "none",
     )
     set_phase(network, fine_tune=False)
     return network
@@ -153,14 +159,17 @@ def set_phase(network: Network, fine_tune: bool) -> None:
 
 def augmentation(seed: int) -> keras.Sequential:
     """Small, label-preserving changes for training images (0..255 RGB). Used in the data pipeline only."""
-    return keras.Sequential([
-        keras.layers.RandomFlip("horizontal", seed=seed),
-        keras.layers.RandomRotation(0.04, seed=seed + 1),  # +-14 degrees
-        keras.layers.RandomTranslation(0.08, 0.08, seed=seed + 2),
-        keras.layers.RandomZoom(0.1, seed=seed + 3),
-        keras.layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed + 4),
-        keras.layers.RandomContrast(0.15, value_range=(0, 255), seed=seed + 5),
-    ], name="augmentation")
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomRotation(0.04, seed=seed + 1),  # +-14 degrees
+            keras.layers.RandomTranslation(0.08, 0.08, seed=seed + 2),
+            keras.layers.RandomZoom(0.1, seed=seed + 3),
+            keras.layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed + 4),
+            keras.layers.RandomContrast(0.15, value_range=(0, 255), seed=seed + 5),
+        ],
+        name="augmentation",
+    )
 
 
 def inference_copy(network: Network) -> keras.Model:

@@ -21,9 +21,8 @@ from typing import Protocol
 
 import numpy as np
 
-from .faces import Face, FaceDetector, crop_face, detect_downscaled
-from .overlay import GREEN, draw_banner, draw_face
-
+from expr_core.vision.faces import Face, FaceDetector, crop_face, detect_downscaled
+from expr_core.vision.overlay import GREEN, draw_banner, draw_face
 
 # Live streams and video files: detect on at most this long side (a 640x480 webcam frame: 480x360) ...
 STREAM_DETECT_SIDE = 480
@@ -32,7 +31,7 @@ FACES_PER_FRAME = 1
 MAX_READS_PER_S = 15.0
 
 
-class Classifier(Protocol):
+class Predictor(Protocol):
     """What the pipeline needs from a served model (see :mod:`expr_core.serving`)."""
 
     labels: list[str]
@@ -62,7 +61,6 @@ class Track:
     probs: np.ndarray | None = None
     classified_at: float = -math.inf
     reads: int = 0
-    hits: int = 1
 
 
 class FaceTracker:
@@ -77,19 +75,24 @@ class FaceTracker:
 
     def match(self, faces: list[Face], now: float) -> list[Track]:
         """Tracks for this frame's faces, in the order of ``faces``; unseen faces start new tracks."""
-        unmatched = list(self._tracks)
+        # A face unseen for longer than forget_after_s is gone: it must not come back as the same track.
+        unmatched = [t for t in self._tracks if now - t.last_seen <= self.forget_after_s]
         result = []
         for face in faces:
             best = max(unmatched, key=lambda t: iou(t.face.box, face.box), default=None)
             if best is not None and iou(best.face.box, face.box) >= self.min_iou:
                 unmatched.remove(best)
-                best.face, best.last_seen, best.hits = face, now, best.hits + 1
+                best.face, best.last_seen = face, now
                 result.append(best)
             else:
                 result.append(Track(self._next_id, face, now))
                 self._next_id += 1
         self._tracks = result + [t for t in unmatched if now - t.last_seen <= self.forget_after_s]
         return result
+
+    def reset(self) -> None:
+        """Forget every track (their probabilities belong to a model that is no longer served)."""
+        self._tracks = []
 
     def observe(self, track: Track, probs: np.ndarray, now: float) -> None:
         """Blend a new classification into the track, weighted by the time since its previous one."""
@@ -132,7 +135,6 @@ EVERY_FACE = ClassifySchedule(faces_per_frame=0, max_hz=0)  # every face in ever
 class FrameStats:
     """Frame rate and processing latency over the last frames, for the on-screen meter."""
 
-    window: int = 60
     latencies: deque = field(default_factory=lambda: deque(maxlen=60))
     arrivals: deque = field(default_factory=lambda: deque(maxlen=60))
 
@@ -163,6 +165,12 @@ class FaceReading:
     probs: dict[str, float]
 
 
+def _reading(track: Track, probs: np.ndarray, labels: list[str]) -> FaceReading:
+    top = int(np.argmax(probs))
+    named = {label: round(float(v), 4) for label, v in zip(labels, probs, strict=True)}
+    return FaceReading(track.id, track.face.box, labels[top], float(probs[top]), named)
+
+
 def banner_text(stats: FrameStats) -> str:
     """The on-video meter; dashes until two frames give a rate (a first frame would claim "0.0 fps")."""
     if not stats.fps:
@@ -171,7 +179,7 @@ def banner_text(stats: FrameStats) -> str:
 
 
 def caption(label: str, confidence: float) -> str:
-    """``happy 87% ████░`` — a label with a small text bar, readable at a glance on video."""
+    """``happy 87% ####-`` — a label with a small text bar, readable at a glance on video."""
     filled = int(round(confidence * 5))
     return f"{label} {confidence:.0%} " + "#" * filled + "-" * (5 - filled)
 
@@ -184,9 +192,16 @@ class ExpressionPipeline:
     :class:`ClassifySchedule`). Single images use ``None`` and ``EVERY_FACE``.
     """
 
-    def __init__(self, detector: FaceDetector, classifier: Classifier | None, margin: float = 0.2,
-                 smoothing_s: float = 0.15, clock: Callable[[], float] = time.monotonic,
-                 detect_side: int | None = STREAM_DETECT_SIDE, schedule: ClassifySchedule = ClassifySchedule()) -> None:
+    def __init__(
+        self,
+        detector: FaceDetector,
+        classifier: Predictor | None,
+        margin: float = 0.2,
+        smoothing_s: float = 0.15,
+        clock: Callable[[], float] = time.monotonic,
+        detect_side: int | None = STREAM_DETECT_SIDE,
+        schedule: ClassifySchedule = ClassifySchedule(),
+    ) -> None:
         self.detector = detector
         self.classifier = classifier
         self.margin = margin
@@ -199,8 +214,26 @@ class ExpressionPipeline:
         self._clock = clock
         self._lock = threading.Lock()
 
-    def set_smoothing(self, seconds: float) -> None:
-        self.tracker.smoothing_s = max(0.0, seconds)
+    def configure(
+        self,
+        classifier: Predictor | None,
+        smoothing_s: float,
+        schedule: ClassifySchedule,
+        on_readings: Callable[[np.ndarray, list[FaceReading]], None] | None,
+    ) -> None:
+        """Change what the page controls, in one step under the frame lock (frames run on another thread).
+
+        A classifier with other labels starts every track afresh: the old probabilities cannot be blended
+        with the new model's.
+        """
+        with self._lock:
+            old_labels = self.classifier.labels if self.classifier else None
+            if classifier is None or old_labels != classifier.labels:
+                self.tracker.reset()
+            self.classifier = classifier
+            self.tracker.smoothing_s = max(0.0, smoothing_s)
+            self.schedule = schedule
+            self.on_readings = on_readings
 
     def classify(self, frame: np.ndarray, faces: list[Face]) -> np.ndarray:
         """Probabilities for the given faces of a frame in one batched call."""
@@ -222,7 +255,7 @@ class ExpressionPipeline:
             tracks = self.tracker.match(faces, stamp)
             if self.classifier is not None:
                 due = self.schedule.due(tracks, stamp)
-                for track, probs in zip(due, self.classify(frame, [t.face for t in due])):
+                for track, probs in zip(due, self.classify(frame, [t.face for t in due]), strict=True):
                     self.tracker.observe(track, probs, stamp)
             readings = self._readings(tracks)
             if self.on_readings is not None and readings:
@@ -232,14 +265,11 @@ class ExpressionPipeline:
             self.stats.add(stamp, time.perf_counter() - start)
         return readings
 
-    def _reading(self, track: Track) -> FaceReading:
-        labels = self.classifier.labels
-        top = int(np.argmax(track.probs))
-        return FaceReading(track.id, track.face.box, labels[top], float(track.probs[top]),
-                           {label: round(float(v), 4) for label, v in zip(labels, track.probs)})
-
     def _readings(self, tracks: list[Track]) -> list[FaceReading]:
-        return [self._reading(t) for t in tracks if t.probs is not None] if self.classifier else []
+        if self.classifier is None:
+            return []
+        labels = self.classifier.labels
+        return [_reading(t, t.probs, labels) for t in tracks if t.probs is not None]
 
     def _draw(self, frame: np.ndarray, tracks: list[Track], readings: list[FaceReading]) -> None:
         by_track = {reading.track_id: reading for reading in readings}
@@ -248,8 +278,12 @@ class ExpressionPipeline:
             if reading is None:  # not classified yet (or no model): a plain box
                 draw_face(frame, track.face, GREEN)
             else:
-                draw_face(frame, track.face, label_color(reading.label, self.classifier.labels),
-                          caption(reading.label, reading.confidence))
+                draw_face(
+                    frame,
+                    track.face,
+                    label_color(reading.label, list(reading.probs)),
+                    caption(reading.label, reading.confidence),
+                )
         draw_banner(frame, banner_text(self.stats), (60, 60, 60))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .faces import Face
+from expr_core.vision.faces import Face
 
 GREEN = (80, 200, 60)
 RED = (40, 40, 230)

@@ -10,18 +10,18 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
-from fractions import Fraction
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import cv2
 import numpy as np
 
-from .atomic import TMP_PREFIX
-from .errors import BadInput
-from .live import ExpressionPipeline
+from expr_core.atomic import TMP_PREFIX
+from expr_core.errors import BadInput
+from expr_core.live.pipeline import ExpressionPipeline
 
 MAX_SIDE = 1280  # larger videos are scaled down: the faces are what matters, and it keeps real time
 
@@ -58,9 +58,13 @@ def csv_path_for(video_out: Path) -> Path:
     return video_out.with_suffix(".csv")
 
 
-def process_video(src: Path, dst: Path, pipeline: ExpressionPipeline,
-                  on_progress: Callable[[int, int], None] | None = None,
-                  should_stop: Callable[[], bool] = lambda: False) -> VideoResult:
+def process_video(
+    src: Path,
+    dst: Path,
+    pipeline: ExpressionPipeline,
+    on_progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> VideoResult:
     """Annotate every frame of ``src`` into ``dst`` (MP4) and write ``dst`` with ``.csv`` beside it."""
     src, dst = Path(src), Path(dst)
     container, stream = _open_input(src)
@@ -73,10 +77,14 @@ def process_video(src: Path, dst: Path, pipeline: ExpressionPipeline,
     warning = None
     cancelled = False
     try:
-        with av.open(str(tmp_video), "w", format="mp4", options={"movflags": "+faststart"}) as out, \
-                open(tmp_csv, "w", newline="", encoding="utf-8") as table:
+        with (
+            av.open(str(tmp_video), "w", format="mp4", options={"movflags": "+faststart"}) as out,
+            open(tmp_csv, "w", newline="", encoding="utf-8") as table,
+        ):
             writer = csv.writer(table)
-            writer.writerow(["time_s", "frame", "face", "x", "y", "w", "h", "label", "confidence", *[f"p_{x}" for x in labels]])
+            writer.writerow(
+                ["time_s", "frame", "face", "x", "y", "w", "h", "label", "confidence", *[f"p_{x}" for x in labels]]
+            )
             encoder = None
             try:
                 for frame in container.decode(stream):
@@ -90,8 +98,17 @@ def process_video(src: Path, dst: Path, pipeline: ExpressionPipeline,
                     readings = pipeline.process(image, now=t)
                     with_faces += bool(readings)
                     for r in readings:
-                        writer.writerow([f"{t:.3f}", frames, r.track_id, *r.box, r.label, f"{r.confidence:.4f}",
-                                         *[f"{r.probs[x]:.4f}" for x in labels]])
+                        writer.writerow(
+                            [
+                                f"{t:.3f}",
+                                frames,
+                                r.track_id,
+                                *r.box,
+                                r.label,
+                                f"{r.confidence:.4f}",
+                                *[f"{r.probs[x]:.4f}" for x in labels],
+                            ]
+                        )
                     out_frame = av.VideoFrame.from_ndarray(image, format="bgr24").reformat(format="yuv420p")
                     for packet in encoder.encode(out_frame):
                         out.mux(packet)
@@ -101,8 +118,10 @@ def process_video(src: Path, dst: Path, pipeline: ExpressionPipeline,
             except (av.error.FFmpegError, ValueError) as exc:
                 if frames == 0:
                     raise BadInput(f"{src.name}: the video cannot be decoded ({exc}).") from exc
-                warning = f"The video is truncated or damaged after frame {frames}; the frames before it were processed."
-            if frames == 0:
+                warning = (
+                    f"The video is truncated or damaged after frame {frames}; the frames before it were processed."
+                )
+            if frames == 0 or encoder is None:
                 raise BadInput(f"{src.name}: the video has no frames.")
             for packet in encoder.encode(None):
                 out.mux(packet)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -61,3 +62,23 @@ def read_json(path: Path, default: Any = None) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return default
+
+
+def fill_folder(target: Path, fill: Callable[[Path], None], ready: Callable[[Path], bool]) -> Path:
+    """Make ``target`` by filling a fresh folder beside it and renaming it into place; returns ``target``.
+
+    Readers see no folder or a complete one. ``ready(target)`` says whether a complete one is already
+    there (another process may finish first: then its folder is kept and ours is dropped).
+    """
+    if ready(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=target.parent))
+    try:
+        fill(staging)
+        if not ready(target):
+            shutil.rmtree(target, ignore_errors=True)  # a leftover that is not complete
+            os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

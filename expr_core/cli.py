@@ -10,11 +10,14 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from expr_core import starter
+from expr_core.backbones import BACKBONES, limit_onednn_to_avx2, prepare_tensorflow
 from expr_core.errors import UserError
-from expr_core.jobs.folder import JobState, JobWriter
+from expr_core.jobs.folder import JobState, reporting_to
 from expr_core.live.pipeline import (
     FACES_PER_FRAME,
     MAX_READS_PER_S,
@@ -22,10 +25,12 @@ from expr_core.live.pipeline import (
     ClassifySchedule,
     ExpressionPipeline,
 )
-from expr_core.serving import Classifier
+from expr_core.serving import Classifier, Predictor
 from expr_core.settings import Settings, load_settings
+from expr_core.starter import StarterClassifier
 
 if TYPE_CHECKING:
+    from expr_core.train_config import TrainConfig
     from expr_core.vision.faces import FaceDetector
 
 EXIT_PARTIAL = 1
@@ -41,6 +46,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         changes["models_dir"] = Path(args.models_dir)
     if getattr(args, "detector", None):
         changes["detector"] = args.detector
+    if getattr(args, "cache_dir", None):
+        changes["cache_dir"] = Path(args.cache_dir)
     return settings.with_(**changes)
 
 
@@ -59,7 +66,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     detector = _detector(settings)
-    classifier = _open_classifier(args.model, args.labels) if args.model else None
+    classifier = _open_classifier(args.model, args.labels, settings) if args.model else None
     results, failed = [], 0
     for name in args.images:
         entry: dict = {"image": name, "faces": [], "error": None}
@@ -102,24 +109,16 @@ def cmd_video(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     folder = Path(args.job_dir) if args.job_dir else None
-    writer = JobWriter(folder) if folder else None
-    try:
+    with reporting_to(folder) as writer:
         pipeline = ExpressionPipeline(
             _detector(settings),
-            _open_classifier(args.model, args.labels),
+            _open_classifier(args.model, args.labels, settings),
             settings.crop_margin,
             smoothing_s=args.smoothing,
             detect_side=args.detect_side or None,
             schedule=ClassifySchedule(args.faces_per_frame, args.reads_per_second),
         )
         summary = annotate_video(Path(args.input), Path(args.output), pipeline, writer)
-    except UserError as exc:
-        if writer:
-            writer.status(state=JobState.FAILED, error=str(exc), finished=time.time())
-        raise
-    finally:
-        if writer:
-            writer.close()
     print(json.dumps(summary))
     return 0
 
@@ -127,6 +126,8 @@ def cmd_video(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     """Grad-CAM heat maps for every face of an image, written as PNGs; a JSON summary on stdout."""
     from expr_core.vision.images import decode_image, read_file
+
+    limit_onednn_to_avx2()  # a gradient through any backbone: the one kernel set that is safe for all of them
     from expr_core.worker.explain import explain_image
 
     settings = _settings(args)
@@ -209,11 +210,19 @@ def _print_progress(event: dict) -> None:
         print(f"{stamp} {event['state']}" + (f": {event['error']}" if event.get("error") else ""), file=sys.stderr)
 
 
-def _train_config(args: argparse.Namespace):
+def _train_config(args: argparse.Namespace, settings: Settings) -> TrainConfig:
+    """The run's settings: the chosen backbone's defaults (the offline-capable one if none was chosen), then
+    whatever the command line gave."""
+    from expr_core.backbones import default_backbone
     from expr_core.train_config import TrainConfig
 
-    return TrainConfig(
-        backbone=args.backbone,
+    backbone = args.backbone
+    if backbone is None:
+        backbone, why = default_backbone(settings)
+        if why:
+            print(f"info: {why}", file=sys.stderr)
+    return TrainConfig.for_backbone(
+        backbone,
         weights=args.weights,
         image_size=args.image_size,
         batch_size=args.batch_size,
@@ -235,29 +244,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.run_id:
         lock_fd, run_id = args.lock_fd, args.run_id
     else:
-        config = _train_config(args)
+        config = _train_config(args, settings)
         lock_fd = runs.acquire_lock(settings.workspace)
         run_id, _ = runs.create_run(settings.workspace, config.to_dict())
+    prepare_tensorflow(runs.run_config(settings.workspace, run_id).get("backbone"))
     from expr_core.worker.train import run_worker  # TensorFlow loads here, after the arguments were checked
 
     result = run_worker(settings, run_id, lock_fd, echo=_print_progress)
     if args.json:
         print(json.dumps(result, indent=2))
     elif result["state"] == JobState.DONE:
-        print(f"{run_id}: val accuracy {result['val_accuracy']}, model {result['model_path']}")
+        verdict = "" if result["usable"] else " (not usable, so not activated: see the warnings above)"
+        print(f"{run_id}: val accuracy {result['val_accuracy']}, model {result['model_path']}{verdict}")
     return {JobState.DONE: 0, JobState.CANCELLED: EXIT_PARTIAL}.get(result["state"], EXIT_BAD_INPUT)
 
 
-def _open_classifier(path: str, labels: str | None) -> Classifier:
-    """A Classifier for a run folder, a .tflite file or a .keras file (converted on the fly if needed)."""
+def _open_classifier(path: str, labels: str | None, settings: Settings) -> Predictor:
+    """A served model for a run folder, a .tflite or .keras file (converted on the fly if needed), or the
+    starter model (``starter``: prepared on first use; labels from --labels, else the workspace's)."""
     import atexit
     import shutil
     import tempfile
 
     from expr_core.registry import ModelFiles
 
-    model = Path(path)
     names = [x.strip() for x in labels.split(",")] if labels else None
+    if path == starter.NAME:
+        return _starter(settings, names)
+    model = Path(path)
     files = ModelFiles.locate(model)
     if model.suffix == ".keras" and not (files.tflite.is_file() and not names):
         from expr_core.worker.convert import export_tflite, load_checked
@@ -273,11 +287,43 @@ def _open_classifier(path: str, labels: str | None) -> Classifier:
     return Classifier(model, names) if names and model.suffix == ".tflite" else Classifier.from_path(model)
 
 
+def _starter(settings: Settings, labels: list[str] | None) -> StarterClassifier:
+    from expr_core.data.store import DatasetStore
+
+    if not starter.is_prepared(settings):
+        from expr_core.worker.starter import prepare
+
+        print("preparing the starter model (once, a few seconds)...", file=sys.stderr)
+        prepare(settings)
+    model = StarterClassifier(settings, labels or DatasetStore(settings.workspace).labels())
+    if model.match.unreadable:
+        print(f"warning: the starter model cannot read {', '.join(model.match.unreadable)}", file=sys.stderr)
+    return model
+
+
+def _prepared(args: argparse.Namespace, prepare: Callable[[], Path]) -> int:
+    """Prepare something once; with --job-dir (the app's background job) the outcome goes to that job folder."""
+    with reporting_to(Path(args.job_dir) if args.job_dir else None) as writer:
+        folder = prepare()
+        if writer:
+            writer.status(state=JobState.DONE, finished=time.time(), folder=str(folder))
+    print(json.dumps({"folder": str(folder)}) if args.json else folder)
+    return 0
+
+
+def cmd_starter(args: argparse.Namespace) -> int:
+    """Prepare the starter model (the app runs this as a background job with --job-dir)."""
+    from expr_core.worker.starter import prepare
+
+    settings = _settings(args)
+    return _prepared(args, lambda: prepare(settings))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from expr_core.evaluate import evaluate_folder
 
     settings = _settings(args)
-    classifier = _open_classifier(args.model, args.labels)
+    classifier = _open_classifier(args.model, args.labels, settings)
     detector = None if args.cropped else _detector(settings)
     report = evaluate_folder(classifier, Path(args.data), settings, detector)
     for item in report["skipped"]:
@@ -295,7 +341,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     registry = Registry(_settings(args).workspace)
     action = getattr(args, "action", None)
     if action == "activate":
-        registry.activate(args.run_id)
+        registry.activate(args.run_id, confirm_unusable=args.force)
     elif action == "delete":
         registry.delete(args.run_id, force=args.force)
     elif action == "cancel":
@@ -314,7 +360,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps(runs, indent=2))
     else:
         for r in runs:
-            print(f"{'*' if r['active'] else ' '} {r['run_id']}  {r['state']:<9}  val_accuracy {r['val_accuracy']}")
+            verdict = "  not usable" if r["usable"] is False else ""
+            mark = "*" if r["active"] else " "
+            print(f"{mark} {r['run_id']}  {r['state']:<9}  val_accuracy {r['val_accuracy']}{verdict}")
     return 0
 
 
@@ -340,6 +388,8 @@ def _models_parser(sub) -> None:
         action.add_argument("run_id")
         if name == "delete":
             action.add_argument("--force", action="store_true", help="delete even the active model")
+        if name == "activate":
+            action.add_argument("--force", action="store_true", help="activate even a model judged not usable")
         _leaf_options(action)
     imp = actions.add_parser("import", help="import a .keras model (checked and converted to TFLite)")
     imp.add_argument("path")
@@ -355,18 +405,26 @@ def _leaf_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_parser(sub) -> None:
-    from expr_core.train_config import BACKBONES, TrainConfig
+    from expr_core.train_config import TrainConfig
 
     defaults = TrainConfig()
     train = sub.add_parser("train", help="train a model on the workspace's dataset")
-    train.add_argument("--backbone", choices=BACKBONES, default=defaults.backbone)
-    train.add_argument("--weights", default=defaults.weights, help="imagenet, none, or a weights file path")
-    train.add_argument("--image-size", type=int, default=defaults.image_size)
+    train.add_argument(
+        "--backbone",
+        choices=list(BACKBONES),
+        help="default: densenet201 when its ImageNet weights can be had, else mini-xception",
+    )
+    train.add_argument(
+        "--weights",
+        help="imagenet (densenet201, mobilenetv3small), fer2013 (mini-xception), none, or a weights file path; "
+        "default: the backbone's pretrained weights",
+    )
+    train.add_argument("--image-size", type=int, help="default: the backbone's own (96, or 64 for mini-xception)")
     train.add_argument("--epochs-1", type=int, default=defaults.epochs_1, help="phase 1 (head) epochs; 0 skips it")
     train.add_argument("--epochs-2", type=int, default=defaults.epochs_2, help="phase 2 (fine-tune) epochs; 0 skips it")
     train.add_argument("--batch-size", type=int, default=defaults.batch_size)
     train.add_argument("--lr-1", type=float, default=defaults.lr_1)
-    train.add_argument("--lr-2", type=float, default=defaults.lr_2)
+    train.add_argument("--lr-2", type=float, help="phase 2 learning rate; default: the backbone's")
     train.add_argument(
         "--feature-copies",
         type=int,
@@ -391,10 +449,17 @@ def _train_parser(sub) -> None:
     evaluate.set_defaults(func=cmd_evaluate)
 
 
+def _prepare_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--job-dir", help=argparse.SUPPRESS)  # set when the app runs this as a background job
+    _common(parser, workspace=False)
+
+
 def _common(parser: argparse.ArgumentParser, workspace: bool = True) -> None:
     if workspace:
         parser.add_argument("--workspace", help="workspace folder (default: EXPR_HOME or ./workspace)")
     parser.add_argument("--models-dir", help="folder searched first for model files (EXPR_MODELS_DIR)")
+    parser.add_argument("--cache-dir", help="where downloaded and prepared model files are kept (EXPR_CACHE_DIR)")
     parser.add_argument("--detector", choices=["yunet", "ssd", "haar"], help="face detector (EXPR_DETECTOR)")
 
 
@@ -405,15 +470,15 @@ def build_parser() -> argparse.ArgumentParser:
     detect = sub.add_parser("detect", help="find faces in images")
     detect.add_argument("images", nargs="+")
     detect.add_argument("--json", action="store_true")
-    detect.add_argument("--model", help="classify each face: run folder, .tflite or .keras file")
+    detect.add_argument("--model", help="classify each face: run folder, .tflite or .keras file, or 'starter'")
     detect.add_argument("--labels", help="labels a,b,c for a model without labels.json beside it")
-    _common(detect, workspace=False)
+    _common(detect, workspace=True)
     detect.set_defaults(func=cmd_detect)
 
     video = sub.add_parser("video", help="annotate a video file; writes OUT (MP4) and OUT.csv")
     video.add_argument("input")
     video.add_argument("output")
-    video.add_argument("--model", required=True, help="run folder, .tflite or .keras file")
+    video.add_argument("--model", required=True, help="run folder, .tflite or .keras file, or 'starter'")
     video.add_argument("--labels", help="labels a,b,c for a model without labels.json beside it")
     video.add_argument("--smoothing", type=float, default=0.15, help="seconds of per-face smoothing (0: none)")
     video.add_argument(
@@ -435,8 +500,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="detect faces on frames shrunk to this long side (0: full size, for small faces)",
     )
     video.add_argument("--job-dir", help=argparse.SUPPRESS)  # set when the app runs this as a background job
-    _common(video, workspace=False)
+    _common(video, workspace=True)
     video.set_defaults(func=cmd_video)
+
+    prepare = sub.add_parser("starter", help="the starter model (pretrained, not trained on your team)")
+    prepare.add_argument("action", choices=["prepare"], help="convert it for serving (once)")
+    _prepare_options(prepare)
+    prepare.set_defaults(func=cmd_starter)
 
     explain = sub.add_parser("explain", help="Grad-CAM heat maps of what drove each face's prediction")
     explain.add_argument("image")

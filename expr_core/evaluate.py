@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from expr_core.errors import BadInput, UserError
-from expr_core.serving import Classifier
+from expr_core.serving import Predictor
 from expr_core.settings import Settings
 from expr_core.vision.faces import FaceDetector, detect_and_crop
 from expr_core.vision.images import decode_image, iter_path_images
@@ -107,7 +107,7 @@ def load_labelled_folder(
 
 
 def evaluate_folder(
-    classifier: Classifier, folder: Path, settings: Settings, detector: FaceDetector | None
+    classifier: Predictor, folder: Path, settings: Settings, detector: FaceDetector | None
 ) -> dict[str, Any]:
     """The classification report of ``classifier`` on a labelled folder, plus the skipped files."""
     data = load_labelled_folder(folder, classifier.labels, settings, detector, classifier.input_size)

@@ -7,8 +7,10 @@ A run (see :mod:`expr_core.jobs.folder` for the folder) that finished has ``mode
 ``model.dynamic.tflite``   a dynamic-range quantised variant (smaller, faster; optional)
 ``labels.json``            output labels in order
 ``metrics.json``           validation report (see :func:`expr_core.evaluate.classification_report`) plus
-                           ``misclassified`` ``[{"id", "label", "predicted", "confidence"}]`` and
-                           ``quantized`` ``{"accuracy", "agreement"}`` when the quantised variant exists
+                           ``misclassified`` ``[{"id", "label", "predicted", "confidence"}]``,
+                           ``quantized`` ``{"accuracy", "agreement"}`` when the quantised variant exists,
+                           ``per_person``, ``split``, ``imbalance`` and ``quality`` ``{"usable", "warnings"}``
+                           (see :func:`expr_core.worker.train.validation_report`, :mod:`expr_core.quality`)
 ``history.json``           per-phase epoch metrics ``{"head": {"loss": [...], ...}, "finetune": {...}}``
 ``dataset.json``           snapshot summary: labels, counts per label and side, train/val sample ids
 ``config.json``            the training config (or, for imports, where the model came from)
@@ -16,6 +18,8 @@ A run (see :mod:`expr_core.jobs.folder` for the folder) that finished has ``mode
 Publishing is atomic: the worker fills ``.tmp-model/``, renames it to ``model/`` and only then writes
 status ``done``. A run is listed as usable only when its status is ``done``, so a model killed halfway
 can never become active. ``<workspace>/active.json`` names the active run and is replaced atomically.
+A run whose status says ``usable: false`` (its model does not tell the expressions apart) is published
+for inspection but becomes active only when the user confirms.
 
 This module never imports TensorFlow (the Streamlit server uses it); importing a ``.keras`` file is
 done by a short-lived ``python -m expr_core models import`` process (:func:`expr_core.jobs.run_cli.import_keras`).
@@ -61,6 +65,8 @@ class RunInfo:
     image_size: int | None
     error: str | None
     path: Path
+    usable: bool | None  # None: not judged (imports, runs from before the quality check)
+    warnings: list[str]
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "path": str(self.path)}
@@ -147,6 +153,8 @@ class Registry:
             image_size=config.get("image_size"),
             error=status.get("error"),
             path=folder,
+            usable=status.get("usable"),
+            warnings=list(status.get("warnings") or []),
         )
 
     def last_training_config(self) -> dict[str, Any]:
@@ -194,9 +202,20 @@ class Registry:
             return None
         return run_id
 
-    def activate(self, run_id: str) -> None:
-        """Make a finished run the one the app serves (atomic: readers see the old or the new one)."""
+    def activate(self, run_id: str, confirm_unusable: bool = False) -> None:
+        """Make a finished run the one the app serves (atomic: readers see the old or the new one).
+
+        A run judged not usable is refused unless ``confirm_unusable``: serving a model that calls every
+        face the same should be a decision, not an accident.
+        """
         self._published(run_id)
+        status = runs.run_status(self.workspace, run_id)
+        if status.get("usable") is False and not confirm_unusable:
+            why = (status.get("warnings") or [""])[0]  # the reasons it is not usable come first
+            raise RegistryError(
+                f"Run {run_id} is not usable, so it is not activated without confirmation. {why} "
+                "Confirm that you want it anyway (on the command line: models activate RUN_ID --force)."
+            )
         atomic.write_json(self.workspace / ACTIVE_FILE, {"run_id": run_id, "activated": time.time()})
 
     def activate_if_none(self, run_id: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -38,15 +39,29 @@ def resolve_model(path: Path, quantized: bool = False) -> tuple[Path, list[str]]
     return served, files.labels()
 
 
-class Classifier:
-    """A LiteRT model with its labels: ``predict(crops) -> probabilities``, one invoke per batch.
+class Predictor(Protocol):
+    """What serving a model means to its users (live pipeline, video, evaluation): a trained run's
+    :class:`Classifier` or the starter model (:class:`expr_core.starter.StarterClassifier`)."""
+
+    labels: list[str]
+    input_size: int
+
+    def predict(self, crops: Sequence[np.ndarray] | np.ndarray, bgr: bool = True) -> np.ndarray:
+        """Probabilities ``(len(crops), len(labels))`` for face crops, in one call."""
+
+    def predict_many(self, crops: Sequence[np.ndarray] | np.ndarray, bgr: bool = True) -> np.ndarray:
+        """Probabilities for any number of crops, in batches."""
+
+
+class LiteRTModel:
+    """A LiteRT model on face crops: ``run(crops) -> outputs``, one invoke per batch.
 
     Thread-safe: a LiteRT interpreter is not, so every call holds the instance's lock. One instance can
     be shared by all sessions of a process (frames are classified one batch at a time anyway: the two
-    LiteRT threads already use both cores).
+    LiteRT threads already use both cores). Its input is RGB 0..255 at ``input_size``, like every model here.
     """
 
-    def __init__(self, tflite_path: Path, labels: Sequence[str], num_threads: int = DEFAULT_THREADS) -> None:
+    def __init__(self, tflite_path: Path, num_threads: int = DEFAULT_THREADS) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
         try:
@@ -54,22 +69,12 @@ class Classifier:
         except (ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{tflite_path}: not a usable LiteRT model ({exc}).") from exc
         self.path = Path(tflite_path)
-        self.labels = list(labels)
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
         self.input_size = int(self._input["shape"][1])
-        if self._output["shape"][-1] != len(self.labels):
-            raise ModelFileError(
-                f"{tflite_path}: the model has {self._output['shape'][-1]} outputs but {len(self.labels)} labels."
-            )
+        self.outputs = int(self._output["shape"][-1])
         self._batch: int | None = None
         self._lock = threading.Lock()
-
-    @classmethod
-    def from_path(cls, path: Path, quantized: bool = False, num_threads: int = DEFAULT_THREADS) -> Classifier:
-        """Load a run folder, model folder or ``.tflite`` file (see :func:`resolve_model`)."""
-        tflite, labels = resolve_model(path, quantized)
-        return cls(tflite, labels, num_threads)
 
     def prepare(self, crops: Sequence[np.ndarray] | np.ndarray, bgr: bool = True) -> np.ndarray:
         """Crops of any size (BGR from OpenCV, or RGB) as the model's float32 RGB 0..255 batch."""
@@ -83,14 +88,14 @@ class Classifier:
             batch[i] = crop[..., ::-1] if bgr else crop
         return batch
 
-    def predict(self, crops: Sequence[np.ndarray] | np.ndarray, bgr: bool = True) -> np.ndarray:
-        """Probabilities ``(len(crops), len(labels))`` for face crops, in one interpreter call.
+    def run(self, crops: Sequence[np.ndarray] | np.ndarray, bgr: bool = True) -> np.ndarray:
+        """Outputs ``(len(crops), outputs)`` for face crops, in one interpreter call.
 
         The input tensor is resized only when the batch size differs from the previous call, because
         resizing reallocates the interpreter's buffers.
         """
         if len(crops) == 0:
-            return np.zeros((0, len(self.labels)), np.float32)
+            return np.zeros((0, self.outputs), np.float32)
         batch = self.prepare(crops, bgr)
         with self._lock:
             if self._batch != len(batch):
@@ -101,9 +106,31 @@ class Classifier:
             self._interpreter.invoke()
             return self._interpreter.get_tensor(self._output["index"]).copy()
 
-    def predict_many(
-        self, crops: Sequence[np.ndarray] | np.ndarray, bgr: bool = True, batch_size: int = 32
-    ) -> np.ndarray:
+    def run_many(self, crops: Sequence[np.ndarray] | np.ndarray, bgr: bool = True, batch_size: int = 32) -> np.ndarray:
+        """Outputs for any number of crops, in fixed-size batches (for evaluation and features, not live video)."""
+        parts = [self.run(crops[i : i + batch_size], bgr) for i in range(0, len(crops), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.outputs), np.float32)
+
+
+class Classifier(LiteRTModel):
+    """A LiteRT model with its labels: ``predict(crops) -> probabilities``, one invoke per batch."""
+
+    def __init__(self, tflite_path: Path, labels: Sequence[str], num_threads: int = DEFAULT_THREADS) -> None:
+        super().__init__(tflite_path, num_threads)
+        self.labels = list(labels)
+        if self.outputs != len(self.labels):
+            raise ModelFileError(f"{tflite_path}: the model has {self.outputs} outputs but {len(self.labels)} labels.")
+
+    @classmethod
+    def from_path(cls, path: Path, quantized: bool = False, num_threads: int = DEFAULT_THREADS) -> Classifier:
+        """Load a run folder, model folder or ``.tflite`` file (see :func:`resolve_model`)."""
+        tflite, labels = resolve_model(path, quantized)
+        return cls(tflite, labels, num_threads)
+
+    def predict(self, crops: Sequence[np.ndarray] | np.ndarray, bgr: bool = True) -> np.ndarray:
+        """Probabilities ``(len(crops), len(labels))`` for face crops, in one interpreter call."""
+        return self.run(crops, bgr)
+
+    def predict_many(self, crops: Sequence[np.ndarray] | np.ndarray, bgr: bool = True) -> np.ndarray:
         """Probabilities for any number of crops, in fixed-size batches (for evaluation, not live video)."""
-        parts = [self.predict(crops[i : i + batch_size], bgr) for i in range(0, len(crops), batch_size)]
-        return np.concatenate(parts) if parts else np.zeros((0, len(self.labels)), np.float32)
+        return self.run_many(crops, bgr)

@@ -6,7 +6,7 @@ import av
 import streamlit as st
 
 from expr_core.data.review import ReviewQueue
-from expr_core.data.store import MAX_LABEL_LEN
+from expr_core.data.store import MAX_LABEL_LEN, MAX_PERSON_LEN
 from expr_core.data.transfer import ImportOptions, export_bytes, import_uploads
 from expr_core.live.capture import INTERVAL_RANGE_S, MAX_BURST, BurstRequest, Recorder, annotate_capture_frame
 from pages import common
@@ -108,16 +108,27 @@ with gallery_tab:
     grid = st.columns(8)
     for i, sample in enumerate(samples[:limit]):
         with grid[i % 8]:
-            st.image(str(store.image_path(sample)), width="stretch")
+            st.image(str(store.image_path(sample)), width="stretch", caption=sample.who or "(no person)")
             if st.checkbox("select", key=f"sel-{sample.id}", label_visibility="collapsed"):
                 selected.append(sample.id)
     if len(samples) > limit and st.button("Show more"):
         st.session_state.gallery_limit = limit + GALLERY_PAGE
         st.rerun()
-    if st.button(f"Delete {len(selected)} selected", disabled=not selected, icon=":material/delete:"):
+    delete_col, person_col, set_col = st.columns([2, 2, 1], vertical_alignment="bottom")
+    if delete_col.button(f"Delete {len(selected)} selected", disabled=not selected, icon=":material/delete:"):
         removed = store.delete_samples(selected)
         st.toast(f"Deleted {removed} samples.")
         st.rerun()
+    # Validation keeps people apart (a model must read a face it never saw): say whose face a sample is when
+    # it was recorded without a name, or under someone else's.
+    person = person_col.text_input(
+        "Person in the selected samples", max_chars=MAX_PERSON_LEN, help="Blank: use the name they were recorded by."
+    )
+    if set_col.button("Set person", disabled=not selected, icon=":material/person:"):
+        with common.user_errors():
+            changed = store.set_person(selected, person)
+            st.toast(f"Set the person of {changed} samples.")
+            st.rerun()
 
 with review_tab:
     st.caption(

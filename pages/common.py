@@ -10,17 +10,23 @@ import contextlib
 import hmac
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
+from expr_core import assets, starter
+from expr_core.backbones import expression_weights_available
 from expr_core.data.store import DatasetStore
 from expr_core.errors import UserError
+from expr_core.jobs import folder as job
+from expr_core.jobs import prepare
 from expr_core.live.capture import SampleWriter
 from expr_core.registry import Registry
-from expr_core.serving import Classifier
+from expr_core.serving import Classifier, Predictor
 from expr_core.settings import Settings, load_settings
+from expr_core.starter import StarterClassifier
 from expr_core.vision.faces import FaceDetector, open_detector
 
 
@@ -167,16 +173,61 @@ def delete_all_data() -> None:
     store().delete_all()
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """What the Detect page serves: the active run's model, or the starter model when nothing is trained."""
+
+    name: str  # the run id, or "starter"
+    classifier: Predictor
+    ref: str  # what a video job is given as --model: the run's model folder, or "starter"
+    note: str | None = None  # the starter's "not trained on your team" line
+
+    @property
+    def is_starter(self) -> bool:
+        return self.name == starter.NAME
+
+
 @st.cache_resource(show_spinner="Loading the model...", max_entries=4)
 def _classifier_for(model_dir: str, stamp: float, quantized: bool) -> Classifier:
     return Classifier.from_path(Path(model_dir), quantized=quantized)
 
 
-def active_model() -> tuple[str, Classifier] | None:
-    """The active run id and its classifier, loaded once per process (reloaded when another run is activated)."""
+@st.cache_resource(show_spinner="Loading the starter model...", max_entries=4)
+def _starter_for(cfg: Settings, labels: tuple[str, ...]) -> StarterClassifier:
+    return StarterClassifier(cfg, labels)
+
+
+def active_model() -> ServedModel | None:
+    """The active run's model, loaded once per process (reloaded when another run is activated)."""
     registry = Registry(settings().workspace)
     run_id = registry.active_id()
     if run_id is None:
         return None
     model_dir = registry.model_dir(run_id)
-    return run_id, _classifier_for(str(model_dir), model_dir.stat().st_mtime, settings().quantized_serving)
+    classifier = _classifier_for(str(model_dir), model_dir.stat().st_mtime, settings().quantized_serving)
+    return ServedModel(run_id, classifier, str(model_dir))
+
+
+def starter_model() -> tuple[ServedModel | None, str | None]:
+    """The starter model for the workspace's labels, or why there is none yet.
+
+    ``(None, None)`` means it is being prepared (once per machine, a few seconds in a background job).
+    """
+    cfg = settings()
+    if not starter.is_prepared(cfg):
+        if not expression_weights_available(cfg):
+            return None, (
+                f"its pretrained file {assets.FER_MINI_XCEPTION.filename} is not in the models folder "
+                f"({cfg.models_dir}) and downloads are off."
+            )
+        running = prepare.active_job(cfg.workspace)
+        last = None if running else prepare.latest_job(cfg.workspace)
+        if last is not None and job.folder_status(last).get("state") == job.JobState.FAILED:
+            return None, "The starter model could not be prepared: " + str(job.folder_status(last).get("error"))
+        prepare.start_preparing(cfg)
+        return None, None
+    try:
+        model = _starter_for(cfg, tuple(store().labels()))
+    except UserError as exc:
+        return None, str(exc)
+    return ServedModel(starter.NAME, model, starter.NAME, model.note()), None

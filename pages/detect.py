@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 import av
 import cv2
 import pandas as pd
 import streamlit as st
 
+from expr_core import starter
 from expr_core.data.review import ReviewQueue, UncertainFaceKeeper
 from expr_core.errors import UserError
+from expr_core.jobs import prepare
 from expr_core.jobs.folder import ACTIVE_STATES, request_cancel
 from expr_core.jobs.run_cli import run_cli
 from expr_core.jobs.video import VIDEO_SUFFIXES, delete_video_job, job_dir, output_paths, start_video_job, video_jobs
 from expr_core.live.pipeline import EVERY_FACE, FACES_PER_FRAME, ClassifySchedule, ExpressionPipeline
-from expr_core.registry import Registry
 from expr_core.vision.images import decode_image
 from pages import common
 from pages.camera import camera
@@ -53,21 +55,42 @@ def explain(data: bytes, name: str, model: str) -> list[dict]:
 common.page("pages/detect.py")
 st.title("Detect")
 cfg = common.settings()
-model = common.active_model()
-if model is None:
-    st.info("There is no trained model yet. Record faces for at least two labels, train a model, then come back.")
+
+
+@st.fragment(run_every=1.0)
+def wait_for_starter() -> None:
+    """Reruns the page once the background job has prepared the starter model."""
+    if starter.is_prepared(cfg) or prepare.active_job(cfg.workspace) is None:
+        st.rerun()
+    st.info("Preparing the starter model (once on this server, a few seconds)...", icon=":material/hourglass_top:")
+
+
+def train_first(reason: str) -> NoReturn:
+    st.info(f"{reason} Record faces for at least two labels, train a model, then come back.")
     st.page_link("pages/capture.py", label="1. Capture faces", icon=":material/photo_camera:")
     st.page_link("pages/train.py", label="2. Train a model", icon=":material/model_training:")
     st.stop()
-run_id, classifier = model
-model_dir = Registry(cfg.workspace).model_dir(run_id)
+
+
+served = common.active_model()
+if served is None:
+    served, why_not = common.starter_model()
+    if served is None and why_not is None:
+        wait_for_starter()
+        st.stop()
+    if served is None:
+        if st.button("Try preparing the starter model again"):
+            prepare.start_preparing(cfg)
+            st.rerun()
+        train_first(f"There is no trained model yet, and no starter model: {why_not}")
+classifier = served.classifier
 detector, detector_warning = common.detector()
 if detector_warning:
     st.warning(detector_warning)
-st.caption(
-    f"Model **{run_id}** · labels: {', '.join(classifier.labels)} · input {classifier.input_size}px · "
-    f"`{classifier.path.name}`"
-)
+if served.note:
+    st.warning(served.note, icon=":material/school:")
+    st.page_link("pages/train.py", label="Train a model on your team", icon=":material/model_training:")
+st.caption(f"Model **{served.name}** · labels: {', '.join(classifier.labels)} · input {classifier.input_size}px")
 
 live_tab, images_tab, video_tab = st.tabs(["Live", "Images", "Video file"])
 
@@ -147,9 +170,13 @@ with images_tab:
             detector, classifier, cfg.crop_margin, smoothing_s=0, detect_side=None, schedule=EVERY_FACE
         ).process(image)
         st.image(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), caption=f"{upload.name}: {len(readings)} face(s)")
-        if readings and st.toggle("Why? Show what drove each prediction", key=f"why-{upload.name}"):
+        if (
+            readings
+            and not served.is_starter
+            and st.toggle("Why? Show what drove each prediction", key=f"why-{upload.name}")
+        ):
             with common.user_errors():
-                for face in explain(upload.getvalue(), upload.name, str(model_dir)):
+                for face in explain(upload.getvalue(), upload.name, served.ref):
                     crop_col, heat_col, text_col = st.columns([1, 1, 2])
                     crop_col.image(face["crop_png"], caption="face")
                     heat_col.image(face["heat_png"], caption="heat map (red: most important)")
@@ -185,7 +212,9 @@ with video_tab:
         clip = st.file_uploader("A video file", type=sorted(x.strip(".") for x in VIDEO_SUFFIXES))
         if st.form_submit_button("Annotate", type="primary", icon=":material/movie:") and clip is not None:
             with common.user_errors():
-                st.session_state.video_job = start_video_job(cfg, clip.name, clip.getvalue(), model_dir)
+                st.session_state.video_job = start_video_job(
+                    cfg, clip.name, clip.getvalue(), served.ref, classifier.labels
+                )
     st.caption("Videos are processed in the background: you may leave the page; the result waits here.")
 
     # Refresh every second only while a job runs: each refresh re-registers the download buttons' deferred

@@ -32,6 +32,7 @@ else:
                 "input px": r.image_size,
                 "labels": ", ".join(r.labels),
                 "val accuracy": r.val_accuracy,
+                "usable": {True: "yes", False: "no", None: ""}[r.usable],
                 "error": (r.error or "")[:80],
             }
             for r in runs
@@ -54,10 +55,14 @@ else:
     if chosen.error:
         st.error(chosen.error)
     if chosen.state == "done":
+        report.verdict(chosen)
         act, keras_col, tflite_col, delete_col = st.columns(4)
+        confirmed = chosen.usable is not False or chosen.active or act.checkbox("I understand this model is not usable")
         with common.user_errors():
-            if act.button("Activate", type="primary", disabled=chosen.active, icon=":material/check_circle:"):
-                registry.activate(chosen.run_id)
+            if act.button(
+                "Activate", type="primary", disabled=chosen.active or not confirmed, icon=":material/check_circle:"
+            ):
+                registry.activate(chosen.run_id, confirm_unusable=confirmed)
                 st.rerun()
         files = registry.files(chosen.run_id)
         keras_col.download_button(

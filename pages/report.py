@@ -15,7 +15,7 @@ import streamlit as st
 from expr_core.data.store import DatasetStore
 from expr_core.jobs import folder as job
 from expr_core.jobs import runs
-from expr_core.registry import Registry
+from expr_core.registry import Registry, RunInfo
 
 PHASE_NAMES = {"head": "phase 1 (base frozen)", "finetune": "phase 2 (fine-tuning)"}
 
@@ -110,6 +110,32 @@ def confusion_heatmap(report: dict[str, Any]) -> alt.Chart:
     return (heat + text).properties(title="Confusion matrix (validation)", height=80 + 50 * len(labels))
 
 
+def verdict(run: RunInfo) -> None:
+    """A finished run's quality check: why it is not usable (and so not active), or what to keep in mind."""
+    if run.usable is False:
+        st.error(
+            "**This model is not usable, so it was not made active.**\n\n" + "\n".join(f"- {w}" for w in run.warnings)
+        )
+    else:
+        for warning in run.warnings:
+            st.warning(warning)
+
+
+def split_caption(split: dict[str, Any], imbalance: float | None) -> str:
+    """How validation was chosen, in a sentence: new people, or other sessions of the same people."""
+    val = ", ".join(split["val_persons"])
+    text = (
+        f"Validation holds people the model never saw in training ({val}): it measures how it reads new people."
+        if split["mode"] == "people"
+        else f"Validation holds other capture sessions of people also in training ({val})."
+    )
+    if imbalance and imbalance > 1:
+        text += (
+            f" Training has {imbalance:g}x more faces of its largest label than of its smallest (labels weigh equally)."
+        )
+    return text
+
+
 def evaluation(registry: Registry, run_id: str, store: DatasetStore) -> None:
     """Accuracy, confusion matrix, per-label precision/recall/F1, and the misclassified validation faces."""
     report = registry.metrics(run_id)
@@ -129,10 +155,15 @@ def evaluation(registry: Registry, run_id: str, store: DatasetStore) -> None:
             f"Quantised (served) model: accuracy {q['accuracy']:.1%}, "
             f"agrees with float32 on {q['agreement']:.1%} of faces."
         )
+    if report.get("split"):
+        st.caption(split_caption(report["split"], report.get("imbalance")))
     left, right = st.columns(2)
     left.altair_chart(confusion_heatmap(report), width="stretch")
     per_class = pd.DataFrame(report["per_class"]).T.reset_index(names="label")
     right.dataframe(per_class, hide_index=True)
+    if report.get("per_person"):
+        right.write("**Per person** (validation faces)")
+        right.dataframe(pd.DataFrame(report["per_person"]).T.reset_index(names="person"), hide_index=True)
     wrong = report.get("misclassified", [])
     st.write(f"**Misclassified validation faces** ({len(wrong)})")
     present = {s.id for s in store.samples()}

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 import streamlit as st
 
-from expr_core.data.split import check_trainable
+from expr_core.backbones import BACKBONES, FER2013, IMAGENET, default_backbone, imagenet_weights_available
+from expr_core.data.split import SplitError, check_trainable, split_samples
 from expr_core.jobs import folder as job
 from expr_core.jobs import runs
 from expr_core.registry import Registry
-from expr_core.train_config import BACKBONES, TrainConfig
+from expr_core.train_config import TrainConfig
 from pages import common, report
 
 common.page("pages/train.py")
@@ -45,8 +47,13 @@ if running:
     live(running)
     st.stop()
 
+trainable = [label for label, n in counts.items() if n]
+with contextlib.suppress(SplitError):  # data that cannot be split at all is refused, with the reasons, at Start
+    for warning in split_samples(store.samples(), trainable).warnings:  # they depend on the data alone
+        st.warning(warning, icon=":material/group:")
+
 remembered = registry.last_training_config()
-last = TrainConfig.from_dict(remembered)
+default_name, why_default = default_backbone(cfg)
 
 
 def choice(options: Sequence[Any], value: Any, fallback: Any) -> Any:
@@ -59,26 +66,45 @@ def clamp(value: float, low: float, high: float) -> float:
     return float(min(max(value, low), high))
 
 
+# The backbone and its weights shape the rest of the form (input size, learning rate, what can go wrong), so
+# they sit outside it: choosing one reruns the page with its defaults and its warnings, before Start.
+st.subheader("New training run")
+if remembered:
+    st.caption("Starts from the settings of the last run.")
+names = list(BACKBONES)
+top_left, top_right = st.columns(2)
+backbone = top_left.selectbox(
+    "Backbone",
+    names,
+    index=names.index(choice(names, remembered.get("backbone"), default_name)),
+    format_func=lambda name: BACKBONES[name].title,
+    help="mini-Xception is pretrained on facial expressions (FER2013) and learns your team's from a few bursts; "
+    "DenseNet201 is the original network (ImageNet weights, about 80 MB); MobileNetV3Small is the cheapest.",
+)
+last = (
+    TrainConfig.from_dict(remembered) if remembered.get("backbone") == backbone else TrainConfig.for_backbone(backbone)
+)
+native = BACKBONES[backbone].weights
+weights_options = [native, "file"] if native == FER2013 else [native, "none", "file"]
+weights_choice = top_right.radio(
+    "Starting weights",
+    weights_options,
+    horizontal=True,
+    index=weights_options.index(choice(weights_options, last.weights, "file")),
+    help="ImageNet weights (about 80 MB) are downloaded once into the Keras cache; the FER2013 file (0.9 MB) once "
+    "into the app's cache. 'file': a weights file you supply.",
+)
+if why_default and backbone == default_name:
+    st.info(why_default, icon=":material/info:")
+elif weights_choice == IMAGENET and not imagenet_weights_available(backbone, cfg):
+    st.warning(
+        f"The ImageNet weights for {BACKBONES[backbone].title} cannot be downloaded here, so this run would stop "
+        "at once. Choose mini-Xception (pretrained on expressions, works offline) or supply a weights file.",
+        icon=":material/wifi_off:",
+    )
+
 with st.form("train_settings"):
-    st.subheader("New training run")
-    if remembered:
-        st.caption("Starts from the settings of the last run.")
     left, right = st.columns(2)
-    backbone = left.selectbox(
-        "Backbone",
-        BACKBONES,
-        index=BACKBONES.index(choice(BACKBONES, last.backbone, "densenet201")),
-        help="DenseNet201 is the original network; MobileNetV3Small trains and serves much faster with lower accuracy.",
-    )
-    weights_options = ["imagenet", "none", "file"]
-    weights_choice = left.radio(
-        "Starting weights",
-        weights_options,
-        horizontal=True,
-        index=weights_options.index(choice(weights_options, last.weights, "file")),
-        help="ImageNet weights (about 80 MB) are downloaded once into the Keras cache. "
-        "If this server has no internet the run fails and says how to supply them.",
-    )
     weights_path = left.text_input(
         "Weights file (for 'file')",
         placeholder="/path/densenet201_notop.h5",
@@ -88,7 +114,7 @@ with st.form("train_settings"):
     image_size = right.select_slider(
         "Input size (pixels)",
         sizes,
-        value=choice(sizes, last.image_size, 96),
+        value=choice(sizes, last.image_size, BACKBONES[backbone].image_size),
         help="Larger is slower and needs more memory (training at 224 px: about 5.4 GB).",
     )
     batch_size = right.select_slider("Batch size", batches, value=choice(batches, last.batch_size, 32))
@@ -112,7 +138,7 @@ if weights == "none":
     )
 if start:
     with common.user_errors():
-        check_trainable(store.samples(), [label for label, n in counts.items() if n])
+        check_trainable(store.samples(), trainable)
         config = TrainConfig(
             backbone=backbone,
             weights=weights,
@@ -138,5 +164,6 @@ if listed:
         st.error(newest.error)
     report.learning_curves(report.run_events(cfg.workspace, newest.run_id))
     if newest.state == "done":
+        report.verdict(newest)
         report.evaluation(registry, newest.run_id, store)
         st.page_link("pages/models.py", label="Compare and activate models", icon=":material/inventory_2:")

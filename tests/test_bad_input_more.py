@@ -165,7 +165,8 @@ def test_a_video_without_faces_is_processed_and_says_it_found_none(tiny_model, s
             out.mux(stream.encode(av.VideoFrame.from_ndarray(wall, format="bgr24")))
         out.mux(stream.encode(None))
     cfg = settings.with_(workspace=tmp_path / "ws", detector="haar")
-    job_id = start_video_job(cfg, "wall.mp4", clip.read_bytes(), registry.model_dir(registry.active_id()))
+    model = registry.model_dir(str(registry.active_id()))
+    job_id = start_video_job(cfg, "wall.mp4", clip.read_bytes(), str(model), registry.labels(str(registry.active_id())))
     status = job.wait(job_dir(cfg.workspace, job_id), 240)
     # Not an error: the video is annotated and its table says, with the count the Detect page shows, that no
     # frame had a face.

@@ -180,6 +180,7 @@ def test_add_samples_records_everything(store):
         "captured_by": "ana",
         "subject": "p1",
         "origin": "me.jpg",
+        "person": None,
     }
     image = store.load_image(sample)
     assert image.shape == (48, 48, 3)
@@ -233,6 +234,61 @@ def test_sample_group_for_validation_splits():
     assert Sample(**base, source="import", subject="bob").group == "subject:bob"
     assert Sample(**base, source="import", origin="a.jpg").group == "origin:a.jpg"
     assert Sample(**base, source="webcam", origin="a.jpg").group == "session:s"
+
+
+@pytest.mark.parametrize(
+    "fields, who",
+    [
+        ({"captured_by": "ana"}, "ana"),
+        ({"captured_by": " ana "}, "ana"),
+        ({"captured_by": "anonymous"}, None),
+        ({"captured_by": "Anonymous"}, None),
+        ({"captured_by": "cli"}, None),
+        ({"captured_by": ""}, None),
+        ({}, None),
+        ({"captured_by": "ana", "subject": "S005"}, "S005"),
+        ({"captured_by": "cli", "subject": "S005"}, "S005"),
+        ({"captured_by": "ana", "subject": "S005", "person": "bo"}, "bo"),
+        ({"captured_by": "anonymous", "person": "bo"}, "bo"),
+    ],
+)
+def test_the_person_of_a_sample(fields, who):
+    sample = Sample(id="i", label="happy", source="webcam", session="s", created=0.0, **fields)
+    assert sample.who == who
+    assert sample.group == ("subject:S005" if "subject" in fields else "session:s")  # the person never regroups
+
+
+def test_set_person_overrides_and_clears_and_survives_a_rename(store):
+    a, b, c = store.add_samples([new(captured_by="ana"), new(captured_by="anonymous"), new("sad")])
+    assert store.set_person([a.id, b.id, "no-such-id"], "  Bo ") == 2
+    assert [s.who for s in store.samples()] == ["Bo", "Bo", None]
+    assert store.set_person([a.id, b.id], "Bo") == 0  # nothing changed, nothing rewritten
+    store.rename_label("happy", "joy")
+    assert [(s.label, s.person) for s in store.samples()] == [("joy", "Bo"), ("joy", "Bo"), ("sad", None)]
+    assert store.set_person([a.id], "") == 1
+    assert [s.who for s in store.samples()] == ["ana", "Bo", None]
+    assert store.set_person([b.id], None) == 1 and store.samples()[1].person is None
+    assert [s.id for s in store.samples()] == [a.id, b.id, c.id]
+
+
+def test_set_person_refuses_an_overlong_name_and_writes_nothing(store, tree_snapshot):
+    [sample] = store.add_samples([new()])
+    before = tree_snapshot(store.root)
+    with pytest.raises(DatasetError, match="at most 80 characters"):
+        store.set_person([sample.id], "x" * 81)
+    assert tree_snapshot(store.root) == before
+
+
+def test_manifest_lines_from_before_the_person_field_still_load(store):
+    [sample] = store.add_samples([new(captured_by="ana")])
+    line = json.loads((store.root / "manifest.jsonl").read_text(encoding="utf-8"))
+    del line["person"]
+    (store.root / "manifest.jsonl").write_text(json.dumps({**line, "id": "old"}) + "\n" + json.dumps(line) + "\n")
+    (store.images_dir / "old.jpg").write_bytes(store.image_path(sample).read_bytes())
+    old, current = store.samples()
+    assert (old.id, old.person, old.who) == ("old", None, "ana") and current == sample
+    assert store.set_person(["old"], "Cy") == 1
+    assert [s.who for s in store.samples()] == ["Cy", "ana"]
 
 
 # -- crash leftovers --------------------------------------------------------------------------------

@@ -170,7 +170,7 @@ def test_video_job_runs_in_a_worker_and_survives_readers_coming_and_going(
 ):
     cfg = settings.with_(workspace=tmp_path / "ws", detector="haar")
     clip = write_clip(tmp_path / "clip.mp4", [scene(astronaut_bgr, 1, shift=i) for i in range(30)])
-    job_id = start_video_job(cfg, "my clip.mp4", clip.read_bytes(), model_dir)
+    job_id = start_video_job(cfg, "my clip.mp4", clip.read_bytes(), str(model_dir), ["happy", "sad"])
     status = job.wait(job_dir(cfg.workspace, job_id), 120)
     assert status["state"] == "done", status
     video, table = output_paths(cfg.workspace / "videos" / job_id)
@@ -182,7 +182,7 @@ def test_video_job_runs_in_a_worker_and_survives_readers_coming_and_going(
 
 def test_a_video_job_on_a_non_video_fails_with_the_reason(model_dir, settings, tmp_path):
     cfg = settings.with_(workspace=tmp_path / "ws", detector="haar")
-    job_id = start_video_job(cfg, "notes.mp4", b"hello, not a video", model_dir)
+    job_id = start_video_job(cfg, "notes.mp4", b"hello, not a video", str(model_dir), ["happy", "sad"])
     status = job.wait(job_dir(cfg.workspace, job_id), 120)
     assert status["state"] == "failed" and "not a video file" in status["error"]
     assert not output_paths(cfg.workspace / "videos" / job_id)[0].exists()
@@ -198,7 +198,7 @@ def test_a_video_job_on_a_non_video_fails_with_the_reason(model_dir, settings, t
 def test_video_uploads_are_checked_before_any_job_starts(model_dir, settings, tmp_path, name, data, message):
     cfg = settings.with_(workspace=tmp_path / "ws")
     with pytest.raises(BadInput, match=message):
-        start_video_job(cfg, name, data, model_dir)
+        start_video_job(cfg, name, data, str(model_dir), ["happy", "sad"])
     assert video_jobs(cfg.workspace) == []
 
 

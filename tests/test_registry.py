@@ -75,6 +75,24 @@ def test_activate_switches_atomically_and_only_to_finished_runs(registry: Regist
     assert not list(registry.workspace.glob(".tmp-*"))
 
 
+def test_a_run_judged_not_usable_is_activated_only_when_confirmed(registry: Registry):
+    good = _published(registry)
+    run_id, writer = _staged_run(registry)
+    registry.publish(run_id)
+    why = ["It calls 100% of faces 'happy' (only 71% are): it has not learned to tell the expressions apart."]
+    writer.status(state=job.JobState.DONE, labels=["happy", "sad"], usable=False, warnings=[*why, "split note"])
+    writer.close()
+    info = registry.get(run_id)
+    assert (info.usable, info.warnings) == (False, [*why, "split note"])
+    assert registry.get(good).usable is None and registry.get(good).warnings == []  # not judged: activates freely
+    with pytest.raises(RegistryError, match=f"Run {run_id} is not usable.*calls 100% of faces.*--force"):
+        registry.activate(run_id)
+    assert registry.active_id() == good
+    registry.activate(run_id, confirm_unusable=True)
+    assert registry.active_id() == run_id
+    registry.activate(good)
+
+
 def test_delete_refuses_the_active_model_unless_forced_and_running_runs(registry: Registry):
     active, other = _published(registry), _published(registry)
     with pytest.raises(RegistryError, match="active model"):

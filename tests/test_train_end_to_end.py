@@ -72,8 +72,10 @@ def test_cli_training_reports_and_publishes_both_phases(trained: dict):
 
 def test_models_lists_and_activates(trained: dict, tmp_path: Path):
     listed = json.loads(cli("models", "--workspace", trained["workspace"], "--json").stdout)
-    assert [(r["run_id"], r["state"], r["active"]) for r in listed] == [(trained["run_id"], "done", True)]
-    assert listed[0]["val_accuracy"] == trained["val_accuracy"]
+    assert [(r["run_id"], r["state"], r["active"]) for r in listed] == [
+        (trained["run_id"], "done", trained["activated"])
+    ]
+    assert listed[0]["val_accuracy"] == trained["val_accuracy"] and listed[0]["usable"] == trained["usable"]
     failed = cli("models", "activate", "20990101-000000-abcd", "--workspace", trained["workspace"], check=False)
     assert failed.returncode == 2 and "no run" in failed.stderr.lower()
 
@@ -130,13 +132,14 @@ def test_importing_a_keras_model_makes_a_servable_run(trained: dict, astronaut_b
     registry = Registry(trained["workspace"])
     run_id = import_keras(registry.workspace, Path(trained["model_path"]), ["happy", "sad"])
     info = registry.get(run_id)
-    assert (info.state, info.kind, info.labels, info.active) == ("done", "import", ["happy", "sad"], False)
+    assert (info.state, info.kind, info.labels, info.usable) == ("done", "import", ["happy", "sad"], None)
+    assert info.active is not trained["activated"]  # an import goes live by itself only if no model is active
     crop = [cv2.resize(astronaut_bgr[50:250, 150:350], (64, 64))]
     imported = Classifier.from_path(registry.model_dir(run_id)).predict(crop)
     np.testing.assert_allclose(
         imported, Classifier.from_path(Path(trained["tflite_path"]).parent).predict(crop), atol=1e-4
     )
-    registry.delete(run_id)
+    registry.delete(run_id, force=info.active)
     assert run_id not in [r.run_id for r in registry.runs()]
 
 

@@ -44,6 +44,9 @@ RESERVED_LABELS = (
     | {f"lpt{i}" for i in range(10)}
 )
 JPEG_QUALITY = 95
+# ``captured_by`` values that name nobody: the app's default before a user types a name, and the CLI's.
+PLACEHOLDER_NAMES = ("anonymous", "cli", "")
+MAX_PERSON_LEN = 80
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,22 @@ class SampleInfo:
     captured_by: str = "anonymous"
     subject: str | None = None
     origin: str | None = None  # file name it was imported from, if any
+    person: str | None = None  # who is in the crop, when the user said so (see :attr:`who`)
+
+    @property
+    def who(self) -> str | None:
+        """The person in the crop as far as it is known, or None.
+
+        The user's own setting first (someone may record a friend under their own name), then the subject of
+        an import, then whoever captured it unless that is a placeholder ("anonymous", "cli"). Splits use it
+        to keep one person's faces from teaching the model who they are instead of what they show.
+        """
+        if self.person:
+            return self.person
+        if self.subject:
+            return self.subject
+        name = self.captured_by.strip()
+        return None if name.casefold() in PLACEHOLDER_NAMES else name
 
     @property
     def group(self) -> str:
@@ -277,6 +296,22 @@ class DatasetStore:
         sample = Sample(**{**item.info(), "score": score}, id=new_id(), created=time.time())
         atomic.write_bytes(self.image_path(sample), encoded.tobytes())
         return sample
+
+    def set_person(self, ids: Iterable[str], person: str | None) -> int:
+        """Say who is in these samples (``None`` or blank: back to what capture or import recorded).
+
+        Returns how many samples changed. One atomic manifest rewrite under the lock, like renaming a label.
+        """
+        name = unicodedata.normalize("NFC", person).strip() if person else ""
+        if len(name) > MAX_PERSON_LEN:
+            raise DatasetError(f"A person's name can have at most {MAX_PERSON_LEN} characters, not {len(name)}.")
+        wanted, value = set(ids), name or None
+        with self._locked():
+            samples = self._read()
+            changed = [s.id for s in samples if s.id in wanted and s.person != value]
+            if changed:
+                self._rewrite([replace(s, person=value) if s.id in wanted else s for s in samples])
+        return len(changed)
 
     def delete_samples(self, ids: Iterable[str]) -> int:
         wanted = set(ids)

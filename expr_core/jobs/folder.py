@@ -38,7 +38,7 @@ import re
 import secrets
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -175,6 +175,25 @@ class JobWriter:
 
     def close(self) -> None:
         self._events.close()
+
+
+@contextlib.contextmanager
+def reporting_to(folder: Path | None) -> Iterator[JobWriter | None]:
+    """The worker side of an optional job folder (``None``: a foreground CLI run, nothing to report to).
+
+    A :class:`UserError` ends the job as failed with its message (and is raised on for the CLI's exit
+    status); the writer is closed however the block ends.
+    """
+    writer = JobWriter(folder) if folder else None
+    try:
+        yield writer
+    except UserError as exc:
+        if writer:
+            writer.status(state=JobState.FAILED, error=str(exc), finished=time.time())
+        raise
+    finally:
+        if writer:
+            writer.close()
 
 
 def read_events(folder: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:

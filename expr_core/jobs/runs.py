@@ -23,6 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from expr_core import atomic
 from expr_core.jobs import folder as job
 from expr_core.settings import Settings
 from expr_core.train_config import TrainConfig
@@ -65,6 +66,11 @@ def create_run(workspace: Path, config: dict[str, Any], kind: str = "train") -> 
     """A fresh, queued run folder with its config; returns its id and folder."""
     folder = job.create_job(runs_dir(workspace), kind, config)
     return folder.name, folder
+
+
+def run_config(workspace: Path, run_id: str) -> dict[str, Any]:
+    """The config a run was created with (``{}`` if it has none)."""
+    return atomic.read_json(run_dir(workspace, run_id) / job.CONFIG_FILE, {}) or {}
 
 
 def run_status(workspace: Path, run_id: str) -> dict[str, Any]:

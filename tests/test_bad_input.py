@@ -21,6 +21,7 @@ from expr_core.cli import EXIT_BAD_INPUT, EXIT_PARTIAL, main
 from expr_core.data.store import DatasetStore, NewSample
 from expr_core.data.transfer import ImportOptions, import_uploads
 from expr_core.errors import BadInput
+from tests.conftest import CLI_IMPORT
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
@@ -151,9 +152,7 @@ def test_a_bad_archive_beside_good_images_refuses_the_whole_import(capsys, ws, c
     path, _, message = case
     code = main(
         [
-            "dataset",
-            "import",
-            "--workspace",
+            *CLI_IMPORT,
             str(ws),
             "--label",
             "happy",
@@ -172,9 +171,7 @@ def test_bad_images_beside_a_good_one_are_skipped_and_the_good_one_kept(capsys, 
     (inputs / "cut.jpg").write_bytes(astronaut_jpeg[:3000])
     code = main(
         [
-            "dataset",
-            "import",
-            "--workspace",
+            *CLI_IMPORT,
             str(ws),
             "--label",
             "sad",
@@ -263,9 +260,7 @@ def test_odd_file_names_import_fine(capsys, ws, inputs, astronaut_jpeg):
         (inputs / name).write_bytes(astronaut_jpeg)
     code = main(
         [
-            "dataset",
-            "import",
-            "--workspace",
+            *CLI_IMPORT,
             str(ws),
             "--label",
             "neutral",
@@ -284,9 +279,7 @@ def test_odd_file_names_in_a_subprocess_and_in_a_zip(run_cli, ws, inputs, astron
     (inputs / "a b 'c' \"d\" ü.jpg").write_bytes(astronaut_jpeg)
     (inputs / "odd names.zip").write_bytes(zip_bytes({"x/é \"q\" 'z'.jpg": astronaut_jpeg}))
     result = run_cli(
-        "dataset",
-        "import",
-        "--workspace",
+        *CLI_IMPORT,
         ws,
         "--label",
         "sad",

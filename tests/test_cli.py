@@ -11,6 +11,7 @@ import pytest
 
 from expr_core.cli import EXIT_BAD_INPUT, EXIT_PARTIAL, main
 from expr_core.data.store import DatasetStore
+from tests.conftest import CLI_IMPORT
 
 
 def overlaps_astronaut(box) -> bool:
@@ -137,9 +138,7 @@ def test_import_reports_skipped_images_on_stderr(capsys, tmp_path, face_jpg, bla
     ws = tmp_path / "ws"
     code = main(
         [
-            "dataset",
-            "import",
-            "--workspace",
+            *CLI_IMPORT,
             str(ws),
             "--label",
             "sad",
@@ -159,9 +158,7 @@ def test_import_all_faces_flag(capsys, tmp_path, astronaut_bgr):
     path = tmp_path / "two.jpg"
     cv2.imwrite(str(path), np.hstack([astronaut_bgr, astronaut_bgr]))
     args = [
-        "dataset",
-        "import",
-        "--workspace",
+        *CLI_IMPORT,
         str(tmp_path / "ws"),
         "--label",
         "happy",
@@ -178,9 +175,7 @@ def test_export_then_import_into_a_new_workspace(capsys, tmp_path, face_jpg, ast
     main(["dataset", "labels", "--workspace", str(ws), "--add", "neutral"])
     main(
         [
-            "dataset",
-            "import",
-            "--workspace",
+            *CLI_IMPORT,
             str(ws),
             "--label",
             "happy",
@@ -199,9 +194,7 @@ def test_export_then_import_into_a_new_workspace(capsys, tmp_path, face_jpg, ast
     assert (
         main(
             [
-                "dataset",
-                "import",
-                "--workspace",
+                *CLI_IMPORT,
                 str(ws2),
                 "--from-folder",
                 str(tmp_path / "unzipped"),

@@ -195,8 +195,15 @@ def test_a_mini_xception_run_reads_people_it_was_not_trained_on(run_cli, ckplus,
     assert (config["backbone"], config["weights"], config["image_size"]) == ("mini-xception", "fer2013", 64)
     events = [json.loads(line) for line in (ws / "runs" / result["run_id"] / "events.jsonl").read_text().splitlines()]
     history = json.loads((ws / "runs" / result["run_id"] / "model" / "history.json").read_text())
-    if max(history["finetune"]["val_balanced_accuracy"]) <= max(history["head"]["val_balanced_accuracy"]):
-        # phase 2 only replaces phase 1 when it reads the validation faces better (a tie keeps phase 1)
+    head, finetune = history["head"], history["finetune"]
+    # a first epoch at 100 % is not kept when a later one is as accurate and more confident (lower loss)
+    assert head["val_loss"][head["val_selection_score"].index(max(head["val_selection_score"]))] == min(
+        loss
+        for loss, acc in zip(head["val_loss"], head["val_balanced_accuracy"], strict=True)
+        if acc == max(head["val_balanced_accuracy"])
+    )
+    if max(finetune["val_selection_score"]) <= max(head["val_selection_score"]):
+        # phase 2 only replaces phase 1 when it scores better
         assert any("did not beat phase 1" in e.get("message", "") for e in events)
     evaluated = run_cli("evaluate", "--model", ws / "runs" / result["run_id"], "--data", test, "--cropped", "--json")
     report = json.loads(evaluated.stdout)

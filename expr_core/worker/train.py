@@ -70,7 +70,12 @@ STATUS_EVERY_S = 1.0
 CANCEL_GRACE_S = 3.0  # how long a cancel request may wait for a batch boundary before the worker interrupts itself
 WORK_DIR = "work"
 LOSS = "sparse_categorical_crossentropy"
-MONITOR = "val_balanced_accuracy"  # what early stopping, checkpoints and the phase choice keep the best of
+MONITOR = "val_balanced_accuracy"  # the measure of a model: mean recall over the labels on validation faces
+# What early stopping, checkpoints and the phase choice keep the best of: balanced accuracy, ties broken by the
+# lower validation loss (a team's few bursts often reach 100 % in the first epoch; the later, more confident
+# epochs must still count as better). The loss term is far below one validation face's worth of accuracy.
+SELECTION = "val_selection_score"
+LOSS_TIEBREAK = 1e-4
 
 
 class Cancelled(Exception):
@@ -213,6 +218,7 @@ class BalancedAccuracy(keras.callbacks.Callback):
         probs = self.model.predict(self.x, batch_size=self.batch_size, verbose=0)
         if logs is not None:
             logs[MONITOR] = classification_report(self.y, probs, self.labels)["balanced_accuracy"]
+            logs[SELECTION] = logs[MONITOR] - LOSS_TIEBREAK * min(float(logs.get("val_loss", 0.0)), 100.0)
 
 
 def class_weights(y: np.ndarray, n_labels: int) -> dict[int, float]:
@@ -320,9 +326,13 @@ def train_head(
     _compile(net.head, config.lr_1)
     callbacks = [
         BalancedAccuracy(f_val, val.y, labels, config.batch_size),
-        keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=4, restore_best_weights=True),
+        keras.callbacks.EarlyStopping(monitor=SELECTION, mode="max", patience=4, restore_best_weights=True),
         keras.callbacks.ModelCheckpoint(
-            str(work / "head.best.weights.h5"), monitor=MONITOR, mode="max", save_best_only=True, save_weights_only=True
+            str(work / "head.best.weights.h5"),
+            monitor=SELECTION,
+            mode="max",
+            save_best_only=True,
+            save_weights_only=True,
         ),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", patience=3, factor=0.5),
         Progress(writer, guard, Phase.HEAD, config.epochs_1, _batches(len(f_train), config.batch_size)),
@@ -375,7 +385,7 @@ def fine_tune(
     )
     callbacks = [
         BalancedAccuracy(val_data, val.y, labels, config.batch_size),
-        keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=3, restore_best_weights=True),
+        keras.callbacks.EarlyStopping(monitor=SELECTION, mode="max", patience=3, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", patience=2, factor=0.5),
         Progress(writer, guard, Phase.FINETUNE, config.epochs_2, _batches(len(train.x), config.batch_size)),
     ]
@@ -388,21 +398,22 @@ def fine_tune(
         callbacks=callbacks,
         class_weight=class_weights(train.y, len(labels)),
     )
-    best = max(history.history[MONITOR])
-    # Only a fine-tuned model that reads the validation faces *better* replaces phase 1's: at a tie (often 100 %
-    # on a small team) phase 1's is kept, since fine-tuning a few bursts mostly costs confidence (higher loss).
+    best = max(history.history[SELECTION])
+    # Only a fine-tuned model that scores *better* replaces phase 1's (balanced accuracy, ties by the lower
+    # validation loss): fine-tuning a few bursts often reads as well but less confidently.
     if phase1_weights is not None and best <= baseline:
         net.model.set_weights(phase1_weights)
         writer.event(
             EventType.INFO,
-            message=f"Phase 2 did not beat phase 1 on validation balanced accuracy ({best:.3f}, phase 1 "
-            f"{baseline:.3f}), so the phase-1 model is kept.",
+            message=f"Phase 2 did not beat phase 1 on validation (balanced accuracy, then loss: {best:.4f}, "
+            f"phase 1 {baseline:.4f}), so the phase-1 model is kept.",
         )
     return _history(history)
 
 
 def _history(history: keras.callbacks.History) -> dict[str, list[float]]:
-    return {k: [round(float(v), 5) for v in values] for k, values in history.history.items()}
+    """Per-epoch metrics, rounded for the report (8 places: the selection score's loss tie-break survives)."""
+    return {k: [round(float(v), 8) for v in values] for k, values in history.history.items()}
 
 
 # -- report and publish --------------------------------------------------------------------------
@@ -514,7 +525,7 @@ def train_run(
     if config.epochs_1:
         history["head"] = train_head(net, train, val, labels, config, writer, guard, work)
     if config.epochs_2:
-        baseline = max(history["head"][MONITOR]) if "head" in history else None
+        baseline = max(history["head"][SELECTION]) if "head" in history else None
         history["finetune"] = fine_tune(net, train, val, labels, config, writer, guard, baseline)
     _phase(writer, Phase.CONVERT, "Saving the model and converting it for serving")
     staged = registry.staging_dir(run_id)

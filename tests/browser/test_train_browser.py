@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from expr_core.backbones import BACKBONES
 from expr_core.data.store import DatasetStore
 from expr_core.jobs import folder as job
 from expr_core.jobs import runs
@@ -139,7 +140,7 @@ def test_capture_then_train_shows_the_run_with_its_charts(server_factory, page, 
     results("train_nav_clicks", navigate(page, "Train", "Train"))
     page.get_by_text(f"happy: {2 * CROPS} · sad: {2 * CROPS}").wait_for()
     page.get_by_test_id("stSelectbox").filter(has_text="Backbone").click()
-    page.get_by_role("option", name=TINY["backbone"], exact=True).click()
+    page.get_by_role("option", name=BACKBONES[TINY["backbone"]].title, exact=True).click()
     page.get_by_role("radiogroup", name="Starting weights").get_by_text("none", exact=True).click()
     set_select_slider(page, "Input size (pixels)", str(TINY["image_size"]))
     set_select_slider(page, "Batch size", str(TINY["batch_size"]))

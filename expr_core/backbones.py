@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ IMAGENET, FER2013, NO_WEIGHTS = "imagenet", "fer2013", "none"
 NAMED_WEIGHTS = (IMAGENET, FER2013, NO_WEIGHTS)
 IMAGENET_HOST = ("storage.googleapis.com", 443)  # where Keras downloads application weights from
 REACHABLE_TTL_S = 300.0
+PROBE_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -100,16 +102,26 @@ def imagenet_weights_available(backbone: str, settings: Settings) -> bool:
 
 
 def _reachable_now(host: str, port: int) -> bool:
+    """Whether a connection to ``host`` opens within about two seconds (name lookup included: on a machine
+    with a broken resolver the lookup alone can hang far longer, so it runs in a thread that is not waited
+    for; its answer, when it comes, is remembered for the next page)."""
     cached = _reachable.get(host)
     if cached and time.monotonic() - cached[0] < REACHABLE_TTL_S:
         return cached[1]
-    try:
-        with socket.create_connection((host, port), timeout=2.0):
-            ok = True
-    except OSError:
-        ok = False
-    _reachable[host] = (time.monotonic(), ok)
-    return ok
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+                ok = True
+        except OSError:
+            ok = False
+        _reachable[host] = (time.monotonic(), ok)
+
+    _reachable[host] = (time.monotonic(), False)  # until the probe answers
+    thread = threading.Thread(target=probe, name="reachability-probe", daemon=True)
+    thread.start()
+    thread.join(PROBE_TIMEOUT_S)
+    return _reachable[host][1]
 
 
 def expression_weights_available(settings: Settings) -> bool:

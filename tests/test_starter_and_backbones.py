@@ -226,3 +226,23 @@ def test_a_mini_xception_run_reads_people_it_was_not_trained_on(run_cli, ckplus,
     assert explained.returncode == 0, explained.stderr[-2000:]
     (why,) = json.loads(explained.stdout)["faces"]
     assert why["label"] == "happy" and Path(why["heatmap"]).stat().st_size > 0
+
+
+def test_a_hanging_name_lookup_does_not_hold_up_the_page(monkeypatch, tmp_path):
+    """The Train page asks whether ImageNet weights are downloadable; a resolver that hangs must not stall it."""
+    import threading
+    import time
+
+    release = threading.Event()
+
+    def hanging_lookup(*args, **kwargs):
+        release.wait(30)
+        raise OSError("no route")
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(backbones, "_reachable", {})
+    monkeypatch.setattr(backbones.socket, "create_connection", hanging_lookup)
+    started = time.monotonic()
+    available = backbones.imagenet_weights_available("densenet201", _offline(tmp_path).with_(allow_downloads=True))
+    release.set()
+    assert available is False and time.monotonic() - started < backbones.PROBE_TIMEOUT_S + 1.5

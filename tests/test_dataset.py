@@ -302,6 +302,19 @@ def test_torn_last_manifest_line_is_skipped_and_does_not_eat_the_next_sample(sto
     assert store.stats() == {"happy": 1, "sad": 1}
 
 
+def test_a_last_line_torn_inside_a_multibyte_character_is_skipped_too(store):
+    """A crash mid-append can cut a label like 笑顔 between the bytes of one character (issue 12, B3)."""
+    store.add_label("笑顔")
+    first = store.add_samples([new("笑顔")])
+    line = (store.root / "manifest.jsonl").read_bytes()
+    cut = line.index("顔".encode()) + 1  # one byte into the three of 顔
+    with open(store.root / "manifest.jsonl", "ab") as handle:
+        handle.write(line[:cut])
+    assert store.samples() == first and store.stats()["笑顔"] == 1
+    second = store.add_samples([new("笑顔")])
+    assert store.samples() == first + second and store.stats()["笑顔"] == 2
+
+
 def test_orphan_image_is_not_listed(store):
     added = store.add_samples([new()])
     cv2.imwrite(str(store.images_dir / "orphan.jpg"), crop())  # image written, manifest line never appended

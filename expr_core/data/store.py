@@ -205,14 +205,14 @@ class DatasetStore:
     # -- samples -------------------------------------------------------------------------------
     def _read(self) -> list[Sample]:
         try:
-            lines = self._manifest.read_text(encoding="utf-8").splitlines()
+            lines = self._manifest.read_bytes().splitlines()
         except FileNotFoundError:
             return []
         samples = []
         for line in lines:
-            try:
-                samples.append(Sample(**json.loads(line)))
-            except (json.JSONDecodeError, TypeError):
+            try:  # each line decoded alone: one torn inside a multi-byte character must not hide the others
+                samples.append(Sample(**json.loads(line.decode("utf-8"))))
+            except (UnicodeDecodeError, json.JSONDecodeError, TypeError):
                 continue  # a line torn by a crash mid-append
         return samples
 

@@ -138,6 +138,28 @@ def test_cancelling_a_video_leaves_no_output(classifier, haar, astronaut_bgr, tm
 
 
 @pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("in.mp4", "would overwrite the input video in.mp4"),  # the user's own video, replaced (issue 12 B6)
+        ("in.csv", "cannot be a .csv file"),  # its table would be written onto the video itself
+        ("clip.mp4", "would overwrite the input video clip.csv"),  # the table beside it is the input
+        ("missing/out.mp4", "no such folder"),
+    ],
+)
+def test_an_output_that_would_overwrite_the_input_is_refused(
+    classifier, haar, astronaut_bgr, tmp_path, output, message
+):
+    src = write_clip(tmp_path / "in.mp4", [scene(astronaut_bgr, 1)] * 5)
+    if output == "clip.mp4":  # an input whose name is what the table of clip.mp4 would be called
+        src = src.rename(tmp_path / "clip.csv")
+    before = src.read_bytes()
+    with pytest.raises(BadInput, match=message):
+        process_video(src, tmp_path / output, ExpressionPipeline(haar, classifier))
+    assert src.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
+
+
+@pytest.mark.parametrize(
     "content, message",
     [
         (b"this is not a video", "not a video file"),

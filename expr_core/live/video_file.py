@@ -58,6 +58,17 @@ def csv_path_for(video_out: Path) -> Path:
     return video_out.with_suffix(".csv")
 
 
+def _check_output(src: Path, dst: Path) -> None:
+    """Refuse outputs that would replace the input (the user's own video) or collide with the CSV table."""
+    if dst.suffix.lower() == ".csv":
+        raise BadInput(f"{dst.name}: the annotated video cannot be a .csv file; its table is written beside it.")
+    outputs = (dst, csv_path_for(dst))
+    if any(out.exists() and src.exists() and out.samefile(src) for out in outputs):
+        raise BadInput(f"{dst}: that would overwrite the input video {src.name}; choose another output name.")
+    if not dst.parent.is_dir():
+        raise BadInput(f"{dst.parent}: no such folder for the annotated video.")
+
+
 def process_video(
     src: Path,
     dst: Path,
@@ -67,6 +78,7 @@ def process_video(
 ) -> VideoResult:
     """Annotate every frame of ``src`` into ``dst`` (MP4) and write ``dst`` with ``.csv`` beside it."""
     src, dst = Path(src), Path(dst)
+    _check_output(src, dst)
     container, stream = _open_input(src)
     total = stream.frames or 0
     fps = float(stream.average_rate or 30)

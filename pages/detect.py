@@ -19,6 +19,7 @@ from expr_core.jobs.folder import ACTIVE_STATES, request_cancel
 from expr_core.jobs.run_cli import run_cli
 from expr_core.jobs.video import VIDEO_SUFFIXES, delete_video_job, job_dir, output_paths, start_video_job, video_jobs
 from expr_core.live.pipeline import EVERY_FACE, FACES_PER_FRAME, ClassifySchedule, ExpressionPipeline
+from expr_core.spreadsheet import safe_cell
 from expr_core.vision.images import decode_image
 from pages import common
 from pages.camera import camera
@@ -185,7 +186,7 @@ with images_tab:
                     )
         rows += [
             {
-                "image": upload.name,
+                "image": safe_cell(upload.name),
                 "face": i + 1,
                 "box": list(r.box),
                 "label": r.label,

@@ -14,6 +14,7 @@ import pytest
 from expr_core.data.store import DatasetStore, NewSample
 from expr_core.data.transfer import ImportOptions, export_zip, import_paths, import_uploads
 from expr_core.errors import BadInput, DatasetError
+from expr_core.spreadsheet import safe_cell
 
 
 def _new(label: str) -> NewSample:
@@ -226,6 +227,38 @@ def test_export_zip_layout_and_manifest(store, settings, tmp_path):
     assert [r["label"] for r in rows] == ["happy", "happy", "sad"]
     assert rows[0]["source"] == "webcam" and rows[0]["session"] == "s1"
     assert [p.name for p in out.parent.iterdir()] == ["export.zip"]  # no temp file left
+
+
+def test_names_that_look_like_formulas_are_exported_as_text(store, tmp_path):
+    """A name such as ``=HYPERLINK(...)`` must not become a live formula when manifest.csv is opened (issue 12 B8)."""
+    image = np.full((30, 30, 3), 100, np.uint8)
+    store.add_samples(
+        [
+            NewSample("happy", "upload", "s1", captured_by='=HYPERLINK("http://x","y")', origin="+1.jpg", image=image),
+            NewSample("sad", "webcam", "s2", captured_by="ann", subject="@bob", image=image),
+        ]
+    )
+    export_zip(store, tmp_path / "export.zip")
+    with zipfile.ZipFile(tmp_path / "export.zip") as zf:
+        rows = list(csv.DictReader(io.StringIO(zf.read("manifest.csv").decode())))
+    assert [(r["captured_by"], r["origin"], r["subject"]) for r in rows] == [
+        ('\'=HYPERLINK("http://x","y")', "'+1.jpg", ""),
+        ("ann", "", "'@bob"),
+    ]
+    assert [r["label"] for r in rows] == ["happy", "sad"]  # everything else as it was
+
+
+def test_spreadsheet_cells_only_change_formula_text():
+    assert [safe_cell(v) for v in ("=1+1", "-2", "\tx", "happy", "a=b", 3.5, -1, None)] == [
+        "'=1+1",
+        "'-2",
+        "'\tx",
+        "happy",
+        "a=b",
+        3.5,
+        -1,
+        None,
+    ]
 
 
 def test_export_then_import_round_trips(store, settings, tmp_path, fer_folder):

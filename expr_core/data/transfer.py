@@ -23,6 +23,7 @@ from expr_core import atomic
 from expr_core.data.store import DatasetStore, NewSample, new_id, validate_label
 from expr_core.errors import BadInput, DatasetError, InvalidLabel
 from expr_core.settings import Settings
+from expr_core.spreadsheet import safe_row
 from expr_core.vision.faces import Face, FaceDetector, detect_and_crop
 from expr_core.vision.images import RawImage, decode_image, iter_path_images, iter_zip_images
 
@@ -243,7 +244,9 @@ def export_zip(store: DatasetStore, out: Path) -> int:
             except FileNotFoundError:
                 continue  # deleted by someone else while we were exporting
             written += 1
-            writer.writerow([arc, s.label, s.source, s.session, s.created, s.score, s.captured_by, s.subject, s.origin])
+            writer.writerow(
+                safe_row([arc, s.label, s.source, s.session, s.created, s.score, s.captured_by, s.subject, s.origin])
+            )
         zf.writestr("manifest.csv", table.getvalue())
     return written
 

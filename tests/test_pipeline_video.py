@@ -124,6 +124,20 @@ def test_a_video_is_annotated_with_a_table_of_expressions(classifier, haar, astr
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+def test_the_cli_video_worker_ends_its_progress_line_and_times_itself(
+    classifier, haar, astronaut_bgr, tmp_path, capsys
+):
+    """In a terminal the progress overwrites itself ("\rN/M frames"); it must end with a newline (issue 12 C11)."""
+    from expr_core.worker.video import annotate_video
+
+    src = write_clip(tmp_path / "in.mp4", [scene(astronaut_bgr, 1)] * 6)
+    summary = annotate_video(src, tmp_path / "out.mp4", ExpressionPipeline(haar, classifier), None)
+    err = capsys.readouterr().err
+    assert err.endswith("6/6 frames\n") and err.count("\n") == 1
+    assert isinstance(summary["seconds"], float) and summary["frames"] == 6
+    json.dumps(summary, allow_nan=False)
+
+
 def test_cancelling_a_video_leaves_no_output(classifier, haar, astronaut_bgr, tmp_path):
     src = write_clip(tmp_path / "in.mp4", [scene(astronaut_bgr, 1)] * 30)
     seen = []

@@ -31,6 +31,8 @@ def annotate_video(src: Path, dst: Path, pipeline: ExpressionPipeline, writer: J
 
     started = time.monotonic()
     result = process_video(src, dst, pipeline, progress, should_stop=lambda: bool(writer and writer.cancel_requested()))
+    if writer is None:
+        print(file=sys.stderr)  # end the "\rN/M frames" line, or the next output is glued onto it
     summary: dict[str, Any] = {
         "frames": result.frames,
         "frames_with_faces": result.frames_with_faces,

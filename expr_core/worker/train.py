@@ -310,17 +310,25 @@ def cache_features(
     return features[:n_train], np.tile(train.y, 1 + config.feature_copies), features[n_train:]
 
 
-def train_head(
-    net: Network,
-    train: Arrays,
-    val: Arrays,
-    labels: list[str],
-    config: TrainConfig,
-    writer: JobWriter,
-    guard: CancelGuard,
-    work: Path,
-) -> dict[str, list[float]]:
+@dataclass
+class PhaseInputs:
+    """What both training phases work on: the network, the split's images, and the run's settings and files."""
+
+    net: Network
+    train: Arrays
+    val: Arrays
+    labels: list[str]
+    config: TrainConfig
+    writer: JobWriter
+    guard: CancelGuard
+
+    def unpack(self) -> tuple[Network, Arrays, Arrays, list[str], TrainConfig, JobWriter, CancelGuard]:
+        return self.net, self.train, self.val, self.labels, self.config, self.writer, self.guard
+
+
+def train_head(phase: PhaseInputs, work: Path) -> dict[str, list[float]]:
     """Phase 1: the head alone on cached features; the epoch with the best balanced accuracy is kept."""
+    net, train, val, labels, config, writer, guard = phase.unpack()
     f_train, y_train, f_val = cache_features(net, train, val, config, writer, guard)
     _phase(writer, Phase.HEAD, "Phase 1: training the head (base frozen)")
     _compile(net.head, config.lr_1)
@@ -351,21 +359,13 @@ def train_head(
     return _history(history)
 
 
-def fine_tune(
-    net: Network,
-    train: Arrays,
-    val: Arrays,
-    labels: list[str],
-    config: TrainConfig,
-    writer: JobWriter,
-    guard: CancelGuard,
-    baseline: float | None,
-) -> dict[str, list[float]]:
+def fine_tune(phase: PhaseInputs, baseline: float | None) -> dict[str, list[float]]:
     """Phase 2: the whole network (BatchNorm frozen) on augmented images at a very low learning rate.
 
-    If no phase-2 epoch beats ``baseline`` (phase 1's best validation balanced accuracy), the phase-1 weights
+    If no phase-2 epoch beats ``baseline`` (phase 1's best selection score), the phase-1 weights
     are put back: with little data, fine-tuning can overfit, and the user should not get a worse model.
     """
+    net, train, val, labels, config, writer, guard = phase.unpack()
     _phase(writer, Phase.FINETUNE, "Phase 2: fine-tuning the whole network (the first batch builds the graph)")
     phase1_weights = net.model.get_weights() if baseline is not None else None
     set_phase(net, fine_tune=True)
@@ -521,12 +521,13 @@ def train_run(
             "from random values, so accuracy will be much lower than with ImageNet weights.",
         )
     net = build_network(config.backbone, len(labels), size, resolve_weights(config.weights, settings))
+    phases = PhaseInputs(net, train, val, labels, config, writer, guard)
     history = {}
     if config.epochs_1:
-        history["head"] = train_head(net, train, val, labels, config, writer, guard, work)
+        history["head"] = train_head(phases, work)
     if config.epochs_2:
         baseline = max(history["head"][SELECTION]) if "head" in history else None
-        history["finetune"] = fine_tune(net, train, val, labels, config, writer, guard, baseline)
+        history["finetune"] = fine_tune(phases, baseline)
     _phase(writer, Phase.CONVERT, "Saving the model and converting it for serving")
     staged = registry.staging_dir(run_id)
     inference_copy(net).save(staged / KERAS_FILE)

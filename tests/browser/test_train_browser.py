@@ -142,6 +142,9 @@ def test_capture_then_train_shows_the_run_with_its_charts(server_factory, page, 
     page.get_by_test_id("stSelectbox").filter(has_text="Backbone").click()
     page.get_by_role("option", name=BACKBONES[TINY["backbone"]].title, exact=True).click()
     page.get_by_role("radiogroup", name="Starting weights").get_by_text("none", exact=True).click()
+    # Backbone and weights sit outside the form: each choice reruns the page and redraws the form with that
+    # backbone's defaults. Only once the weights-none advice is shown is the form the final one to fill in.
+    page.get_by_text("Without pretrained weights the network starts from random values").wait_for(timeout=30_000)
     set_select_slider(page, "Input size (pixels)", str(TINY["image_size"]))
     set_select_slider(page, "Batch size", str(TINY["batch_size"]))
     fill_form_number(page, "Phase 1 epochs (base frozen; 0 = skip)", TINY["epochs_1"])

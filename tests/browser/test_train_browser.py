@@ -79,6 +79,8 @@ def record_burst(page, store: DatasetStore, label: str) -> list:
 def set_select_slider(page, label: str, value: str) -> None:
     """Move an ``st.select_slider`` to its first option with the keyboard (Home) and check it shows ``value``."""
     slider = page.get_by_test_id("stSlider").filter(has_text=label).get_by_role("slider")
+    # while a rerun redraws the form, the old slider may still be on the page beside the new one
+    wait_for(lambda: slider.count() == 1, 30, f"one {label!r} slider on the page")
     slider.focus()
     slider.press("Home")
     page.wait_for_function(

@@ -222,8 +222,9 @@ def starter_model() -> tuple[ServedModel | None, str | None]:
             )
         running = prepare.active_job(cfg.workspace)
         last = None if running else prepare.latest_job(cfg.workspace)
-        if last is not None and job.folder_status(last).get("state") == job.JobState.FAILED:
-            return None, "The starter model could not be prepared: " + str(job.folder_status(last).get("error"))
+        failed = job.folder_status(last) if last is not None else {}
+        if failed.get("state") == job.JobState.FAILED:
+            return None, "The starter model could not be prepared: " + str(failed.get("error"))
         prepare.start_preparing(cfg)
         return None, None
     try:

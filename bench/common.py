@@ -36,11 +36,27 @@ def summary_ms(seconds: list[float]) -> dict[str, float]:
     }
 
 
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8")
+
+
+def cpu() -> dict[str, object]:
+    """The CPU's model name and the vector extensions that change LiteRT and oneDNN speed (from /proc/cpuinfo):
+    machines here differ (AVX-512 VNNI or only AVX2), so every result says which one measured it."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": platform.processor() or platform.machine(), "flags": []}
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {"model": fields.get("model name", platform.machine()), "flags": [f for f in SIMD_FLAGS if f in flags]}
+
+
 def machine() -> dict[str, object]:
     return {
         "cpus": os.cpu_count(),
+        "cpu": cpu(),
         "python": platform.python_version(),
-        "processor": platform.processor() or platform.machine(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine, peak_rss_mb, summary_ms
 from bench.scene import LABELS, SIZE, compose, lfw_detector, load_photos, served_model_folder
 from expr_core.live.pipeline import EVERY_FACE, STREAM_DETECT_SIDE, ClassifySchedule, ExpressionPipeline
-from expr_core.serving import Classifier
+from expr_core.serving import Predictor, open_model
 from expr_core.vision.faces import crop_face, detect_downscaled
 
 STREAM_FPS = 30
@@ -80,9 +80,9 @@ def main() -> None:
 
     model = inference_copy(build_network("densenet201", len(LABELS), SIZE, "none"))  # the original's predict path
     folder = served_model_folder()
-    served = {"float32": Classifier.from_path(folder), "dynamic": Classifier.from_path(folder, quantized=True)}
+    served = {"float32": open_model(folder), "dynamic": open_model(folder, quantized=True)}
 
-    def run(frames: list[np.ndarray], classifier: Classifier | None, **options) -> dict:
+    def run(frames: list[np.ndarray], classifier: Predictor | None, **options) -> dict:
         return time_pipeline(ExpressionPipeline(detector, classifier, **options), frames)
 
     results: dict[str, dict[str, Any]] = {}

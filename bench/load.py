@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine, summary_ms
 from bench.scene import compose, lfw_detector, load_photos, served_model_folder
 from expr_core.live.pipeline import ExpressionPipeline
-from expr_core.serving import Classifier
+from expr_core.serving import open_model
 from expr_core.settings import load_settings
 
 
@@ -98,7 +98,7 @@ def main() -> None:
     root, detector = lfw_detector()
     quantized = load_settings().quantized_serving
     frames = [compose(load_photos(root, 60), 1, i) for i in range(60)]
-    classifier = Classifier.from_path(served_model_folder(), quantized=quantized)
+    classifier = open_model(served_model_folder(), quantized=quantized)
     levels = [run_level(n, detector, classifier, frames, args.fps, args.seconds) for n in args.streams]
     held = [level["streams"] for level in levels if level["holds_target"]]
     print(

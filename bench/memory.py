@@ -41,8 +41,8 @@ settings = load_settings().with_(models_dir=root.parents[1] / "models", allow_do
 detector = make_detector("yunet", settings)
 classifier = None
 if model != "-":
-    from expr_core.serving import Classifier
-    classifier = Classifier.from_path(Path(model), quantized=True)
+    from expr_core.serving import Classifier, open_model
+    classifier = open_model(Path(model), quantized=True)
 photos = load_photos(root, 30)
 pipeline = ExpressionPipeline(detector, classifier)
 for i in range(100):

@@ -1,12 +1,17 @@
 """Training benchmarks, JSON on stdout (progress on stderr). ImageNet weights cannot be fetched here.
 
-``python -m bench.train speed``  on 150 LFW face crops per label (happy, neutral; YuNet crops, split by person):
-    1. phase 1, in the same process: one epoch the original way (full forward pass through the frozen base
-       every epoch) against one head epoch on cached features, plus the one-off feature extraction;
-    2. Start -> published model through the real job runner (a separate process, as from the Train page),
-       with phase 2 at a few epochs, and the worker's peak memory (whole process tree, psutil). The job
-       starts from a DenseNet201 weights file saved from a random network: the same code path and FLOPs as
-       ImageNet weights (BatchNorm frozen in phase 2); ``--scratch`` trains with weights none instead.
+``python -m bench.train speed``  2 x ``--per-label`` LFW face crops (happy, neutral; YuNet crops, split by person):
+    1. the backbone's base prepared once (``python -m expr_core base prepare``, a child process);
+    2. the crops imported with features computed at import (the app's and the CLI's store do that);
+    3. Start -> first published model through the real job runner (``runs.start_training``, a separate
+       process, as from the Train page), phase 2 off, and the worker's peak memory (process tree, psutil);
+    4. the same training the way it ran before prepared bases ("legacy": a TensorFlow process that builds the
+       network, computes the frozen base's features of every crop, trains the head in Keras and converts the
+       whole network), in the same run, as the baseline;
+    5. how often the first model ("prepared base + head") agrees with the whole Keras network assembled from it
+       (``python -m expr_core models assemble``) on the validation faces.
+    DenseNet201 starts from a weights file saved from a random network: the same code path and FLOPs as ImageNet
+    weights. ``--backbone mini-xception`` uses its FER2013 file.
 ``python -m bench.train fer``  the FER2013 sanity run: train on N happy/sad train images, evaluate on the test split
     (with ``--quantize`` also the dynamic-range file, and how often it agrees with float32).
 """
@@ -16,7 +21,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -26,16 +33,22 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from bench.common import densenet_weights_file, machine, require_shared
+from bench.common import densenet_weights_file, machine, peak_rss_mb, require_shared
+from expr_core import bases
+from expr_core.backbones import BACKBONES, prepare_tensorflow
+from expr_core.bases import BaseKey
+from expr_core.data.features import FeatureStore, Featurizer
+from expr_core.data.split import split_samples
 from expr_core.data.store import DatasetStore
 from expr_core.data.transfer import ImportOptions, import_paths
 from expr_core.evaluate import classification_report, load_labelled_folder
 from expr_core.jobs import folder as job
 from expr_core.jobs import runs
-from expr_core.registry import Registry
-from expr_core.serving import Classifier
+from expr_core.registry import ModelFiles, Registry
+from expr_core.serving import open_model
 from expr_core.settings import Settings
 from expr_core.train_config import TrainConfig
+from expr_core.training import split_arrays
 from expr_core.vision.faces import open_detector
 
 
@@ -86,36 +99,46 @@ def lfw_subset(per_label: int, labels: tuple[str, ...], out: Path) -> Path:
 
 
 def import_folder(settings: Settings, folder: Path, cropped: bool) -> dict[str, int]:
+    """Import as the CLI does: features are computed at import once the base is prepared."""
     detector = None if cropped else open_detector(settings)[0]
-    report = import_paths(
-        DatasetStore(settings.workspace), [folder], detector, settings, ImportOptions(cropped=cropped)
-    )
+    store = DatasetStore(settings.workspace, Featurizer(settings))
+    report = import_paths(store, [folder], detector, settings, ImportOptions(cropped=cropped))
     return report.added
 
 
 def run_job(settings: Settings, config: TrainConfig) -> dict:
-    """Start training like the Train page does, wait, and time it from the click to the published model."""
+    """Start training like the Train page does, wait, and time it from the click to the first published model
+    (the status names its version) and to the end of the run."""
     start = time.perf_counter()
     run_id = runs.start_training(settings, config)
-    identity = job.worker_identity(runs.run_dir(settings.workspace, run_id))
+    folder = runs.run_dir(settings.workspace, run_id)
+    identity = job.worker_identity(folder)
     assert identity, "the worker was not recorded"
     memory = PeakMemory(int(identity.split(":")[0]))
-    status = job.wait(runs.run_dir(settings.workspace, run_id), timeout_s=3600, poll_s=0.2)
+    first = None
+    while (status := job.folder_status(folder)).get("state") in job.ACTIVE_STATES or first is None:
+        if first is None and status.get("version"):
+            first = time.perf_counter() - start
+        if status.get("state") not in job.ACTIVE_STATES:
+            break
+        time.sleep(0.02)
     seconds = time.perf_counter() - start
-    events = job.read_events(runs.run_dir(settings.workspace, run_id))[0]
+    events = job.read_events(folder)[0]
     phases = [(e["phase"], e["elapsed"]) for e in events if e["type"] == "phase"]
     durations = {
-        name: round(end - begin, 1)
+        name: round(end - begin, 2)
         for (name, begin), (_, end) in zip(phases, [*phases[1:], ("end", events[-1]["elapsed"])], strict=True)
     }
     return {
         "run_id": run_id,
         "state": status["state"],
         "error": status.get("error"),
-        "start_to_published_s": round(seconds, 1),
+        "start_to_first_model_s": None if first is None else round(first, 2),
+        "start_to_end_s": round(seconds, 2),
         "worker_peak_rss_mb": memory.stop(),
         "phase_seconds": durations,
         "val_accuracy": status.get("val_accuracy"),
+        "balanced_accuracy": Registry(settings.workspace).metrics(run_id).get("balanced_accuracy") if first else None,
         "epochs_run": {
             p: sum(1 for e in events if e["type"] == "epoch" and e["phase"] == p) for p in ("head", "finetune")
         },
@@ -123,44 +146,113 @@ def run_job(settings: Settings, config: TrainConfig) -> dict:
     }
 
 
-def phase1_comparison(settings: Settings, size: int, batch: int) -> dict:
-    """Seconds per phase-1 epoch: full forward pass through the frozen base vs the head on cached features."""
+def cmd_legacy(args: argparse.Namespace) -> dict:
+    """Phase 1 the way a run did it before prepared bases (commit 494dc31), in this (child) process, timed from
+    before TensorFlow is imported: build the network, compute the frozen base's features of every crop (clean
+    plus two augmented copies, and validation), fit the head in Keras, convert the whole network to LiteRT."""
+    start = time.perf_counter()
+    config = TrainConfig.from_dict(json.loads(args.config))
+    settings = Settings(workspace=Path(args.workspace), models_dir=require_shared("models"), allow_downloads=False)
+    prepare_tensorflow(config.backbone)
     import keras
+    import tensorflow as tf
 
-    from expr_core.data.split import split_samples
-    from expr_core.worker.model import build_network
-    from expr_core.worker.train import load_arrays
+    from expr_core.worker.convert import export_tflite
+    from expr_core.worker.model import augmentation, build_network, resolve_weights
 
     store = DatasetStore(settings.workspace)
     samples = store.samples()
-    split = split_samples(samples, [label for label in store.labels() if any(s.label == label for s in samples)])
-    train = load_arrays(store, split.train, split.labels, size)
-    x, y = train.x.astype("float32"), train.y
-    net = build_network("densenet201", len(split.labels), size, "none")
+    labels = [label for label in store.labels() if any(s.label == label for s in samples)]
+    split = split_samples(samples, labels, config.val_fraction, config.seed)
+    train, val = split_arrays(store, split, config.image_size)
+    weights = resolve_weights(config.weights, settings)
+    net = build_network(config.backbone, len(split.labels), config.image_size, weights)
+    built = time.perf_counter()
+    extract = tf.function(lambda batch: net.extractor(batch, training=False), jit_compile=False)
+    augment = augmentation(config.seed)
 
-    def epoch_times(model: keras.Model, inputs: np.ndarray) -> list[float]:
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", jit_compile=False)
-        times = []
-        for _ in range(3):  # the first epoch includes graph building; the later ones are the steady state
-            start = time.perf_counter()
-            model.fit(inputs, y, batch_size=batch, epochs=1, verbose=0)
-            times.append(time.perf_counter() - start)
-        return times
+    def features(x: np.ndarray, augmented: bool) -> np.ndarray:
+        batches = tf.data.Dataset.from_tensor_slices(x).batch(config.batch_size).map(lambda b: tf.cast(b, tf.float32))
+        if augmented:
+            batches = batches.map(lambda b: augment(b, training=True))
+        return np.concatenate([extract(b).numpy() for b in batches])
 
-    log("phase 1 the original way: full model, base frozen")
-    full = epoch_times(net.model, x)
-    log("phase 1 with cached features")
-    net.extractor.compile(jit_compile=False)
-    start = time.perf_counter()
-    features = net.extractor.predict(x, batch_size=batch, verbose=0)
-    extraction = time.perf_counter() - start
-    head = epoch_times(net.head, features)
+    f_train = np.concatenate([features(train.x, False), features(train.x, True), features(train.x, True)])
+    y_train, f_val = np.tile(train.y, 3), features(val.x, False)
+    featured = time.perf_counter()
+    net.head.compile(optimizer=keras.optimizers.Adam(config.lr_1), loss="sparse_categorical_crossentropy")
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=4, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", patience=3, factor=0.5),
+    ]
+    net.head.fit(
+        f_train,
+        y_train,
+        validation_data=(f_val, val.y),
+        epochs=config.epochs_1,
+        verbose=0,
+        batch_size=config.batch_size,
+        callbacks=callbacks,
+    )
+    trained = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        export_tflite(net.model, Path(out), config.quantize)
+    converted = time.perf_counter()
     return {
-        "train_images": len(x),
-        "full_forward_epoch_s": [round(t, 2) for t in full],
-        "feature_extraction_once_s": round(extraction, 2),
-        "cached_head_epoch_s": [round(t, 3) for t in head],
-        "speedup_steady_epoch": round(min(full[1:]) / min(head[1:]), 1),
+        "start_to_model_s": round(converted - start, 2),
+        "seconds": {
+            "import_and_build": round(built - start, 2),
+            "features": round(featured - built, 2),
+            "head": round(trained - featured, 2),
+            "convert": round(converted - trained, 2),
+        },
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def legacy_path(settings: Settings, config: TrainConfig) -> dict:
+    """:func:`cmd_legacy` in a fresh process, as a training worker was."""
+    command = [sys.executable, "-m", "bench.train", "legacy", "--workspace", str(settings.workspace)]
+    done = subprocess.run([*command, "--config", json.dumps(config.to_dict())], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the legacy path failed:\n{done.stderr[-3000:]}")
+    result: dict = json.loads(done.stdout)
+    return result
+
+
+def prepare_base(settings: Settings, key: BaseKey) -> float:
+    """Seconds to prepare the base once (the Train page starts this job when a backbone is chosen)."""
+    start = time.perf_counter()
+    command = [sys.executable, "-m", "expr_core", "base", "prepare", "--backbone", key.backbone]
+    command += ["--weights", key.weights, "--image-size", str(key.image_size), "--cache-dir", str(settings.cache_dir)]
+    subprocess.run([*command, "--models-dir", str(settings.models_dir)], check=True, capture_output=True)
+    return round(time.perf_counter() - start, 1)
+
+
+def agreement(settings: Settings, run_id: str, config: TrainConfig) -> dict:
+    """How often base + head and the whole Keras network assembled from it give the same label (validation)."""
+    subprocess.run(
+        [sys.executable, "-m", "expr_core", "models", "assemble", run_id, "--workspace", str(settings.workspace)],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "EXPR_MODELS_DIR": str(settings.models_dir), "EXPR_CACHE_DIR": str(settings.cache_dir)},
+    )
+    store = DatasetStore(settings.workspace)
+    registry = Registry(settings.workspace)
+    val_ids = set(registry.dataset_summary(run_id)["val_ids"])
+    split = split_samples(store.samples(), registry.labels(run_id), config.val_fraction, config.seed)
+    assert {s.id for s in split.val} == val_ids, "the benchmark's split must be the run's"
+    _, val = split_arrays(store, split, config.image_size)
+    files = ModelFiles(registry.model_dir(run_id))
+    served = open_model(files.folder).predict_many(val.x, bgr=False)
+    prepare_tensorflow(config.backbone)
+    import keras  # last: this process measured everything else without TensorFlow
+
+    whole = keras.saving.load_model(files.keras, compile=False).predict(val.x.astype("float32"), verbose=0)
+    return {
+        "val_faces": len(val.x),
+        "label_agreement": round(float(np.mean(served.argmax(axis=1) == whole.argmax(axis=1))), 4),
+        "max_probability_difference": round(float(np.abs(served - whole).max()), 6),
     }
 
 
@@ -169,22 +261,32 @@ def cmd_speed(args: argparse.Namespace) -> dict:
     settings = Settings(
         workspace=root / "ws", models_dir=require_shared("models"), allow_downloads=False, cache_dir=root / "cache"
     )
-    added = import_folder(settings, lfw_subset(args.per_label, ("happy", "neutral"), root / "lfw"), cropped=False)
-    log(f"imported {added}")
-    result = {"dataset": {"source": "lfw-expressions happy+neutral, YuNet crops, grouped by subject", "added": added}}
-    if not args.skip_phase1:
-        result["phase1"] = phase1_comparison(settings, args.image_size, args.batch_size)
-    weights = "none" if args.scratch or args.backbone != "densenet201" else str(densenet_weights_file(root))
-    config = TrainConfig(
-        backbone=args.backbone,
-        weights=weights,
-        image_size=args.image_size,
-        epochs_2=args.epochs_2,
-        batch_size=args.batch_size,
-        quantize=args.quantize,
+    spec = BACKBONES[args.backbone]
+    weights = spec.weights if args.backbone != "densenet201" else str(densenet_weights_file(root))
+    config = TrainConfig.for_backbone(
+        args.backbone, weights=weights, image_size=args.image_size, epochs_2=0, batch_size=args.batch_size
     )
-    log(f"start -> published: {config}")
-    result["job"] = {"config": config.to_dict(), **run_job(settings, config)}
+    key = BaseKey.of(config)
+    log(f"preparing the base once: {key.slug()}")
+    result: dict = {"config": config.to_dict(), "base_prepare_once_s": prepare_base(settings, key)}
+    bases.remember(settings, key)  # what choosing the backbone on the Train page does
+    start = time.perf_counter()
+    added = import_folder(settings, lfw_subset(args.per_label, ("happy", "neutral"), root / "lfw"), cropped=False)
+    features = FeatureStore(DatasetStore(settings.workspace).root, key.slug())
+    result["dataset"] = {
+        "source": "lfw-expressions happy+neutral, YuNet crops, grouped by subject",
+        "added": added,
+        "import_with_features_s": round(time.perf_counter() - start, 1),
+        "samples_with_features": sum(1 for _ in features.folder.glob("*.npy")),
+    }
+    log(f"imported {added}; start -> first model")
+    result["first_model"] = run_job(settings, config)
+    log("the legacy path (TensorFlow, features, Keras head, conversion)")
+    result["legacy"] = legacy_path(settings, config)
+    first, legacy = result["first_model"]["start_to_first_model_s"], result["legacy"]["start_to_model_s"]
+    result["speedup_vs_legacy"] = round(legacy / first, 1) if first else None
+    log("agreement with the whole Keras network")
+    result["agreement"] = agreement(settings, result["first_model"]["run_id"], config)
     shutil.rmtree(root, ignore_errors=True)
     return result
 
@@ -211,9 +313,9 @@ def cmd_fer(args: argparse.Namespace) -> dict:
     )
     job = run_job(settings, config)
     model_dir = Registry(settings.workspace).model_dir(job["run_id"])
-    served = {"float32": Classifier.from_path(model_dir)}
+    served = {"float32": open_model(model_dir)}
     if args.quantize:
-        served["dynamic"] = Classifier.from_path(model_dir, quantized=True)
+        served["dynamic"] = open_model(model_dir, quantized=True)
     test_dir = root / "fer-test"
     for label in ("happy", "sad"):
         shutil.copytree(source / "test" / label, test_dir / label)
@@ -249,14 +351,14 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     speed = sub.add_parser("speed")
     speed.add_argument("--per-label", type=int, default=150)
-    speed.add_argument("--epochs-2", type=int, default=3)
-    speed.add_argument("--skip-phase1", action="store_true")
-    speed.add_argument("--scratch", action="store_true", help="weights none (BatchNorm trains in phase 2)")
+    legacy = sub.add_parser("legacy", help="(internal) the pre-prepared-base phase 1, timed in this process")
+    legacy.add_argument("--workspace", required=True)
+    legacy.add_argument("--config", required=True)
     fer = sub.add_parser("fer")
     fer.add_argument("--per-label", type=int, default=1500)
     fer.add_argument("--epochs-2", type=int, default=3)
     fer.add_argument("--lr-2", type=float, default=TrainConfig.lr_2)
-    for p in (speed, fer):
+    for p in (speed, fer, legacy):
         p.add_argument(
             "--quantize", action="store_true", help="also make (and for fer: evaluate) the dynamic-range file"
         )
@@ -265,6 +367,9 @@ def main() -> None:
         p.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     load_before = psutil.getloadavg()
+    if args.command == "legacy":
+        print(json.dumps(cmd_legacy(args)))
+        return
     result = cmd_speed(args) if args.command == "speed" else cmd_fer(args)
     result["machine"] = {
         **machine(),

@@ -24,7 +24,7 @@ from bench.common import machine
 from bench.scene import compose, lfw_detector, load_photos, served_model_folder
 from expr_core.live.pipeline import ExpressionPipeline
 from expr_core.live.video_file import process_video
-from expr_core.serving import Classifier
+from expr_core.serving import open_model
 
 FPS = 30
 
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     args = parser.parse_args()
     root, detector = lfw_detector()
-    classifier = Classifier.from_path(served_model_folder(), quantized=True)
+    classifier = open_model(served_model_folder(), quantized=True)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "clip.mp4"
         write_clip(src, args.seconds, load_photos(root, 60))

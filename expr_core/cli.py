@@ -25,11 +25,12 @@ from expr_core.live.pipeline import (
     ClassifySchedule,
     ExpressionPipeline,
 )
-from expr_core.serving import Classifier, Predictor
+from expr_core.serving import Classifier, Predictor, open_model
 from expr_core.settings import Settings, load_settings
 from expr_core.starter import StarterClassifier
 
 if TYPE_CHECKING:
+    from expr_core.registry import Registry
     from expr_core.train_config import TrainConfig
     from expr_core.vision.faces import FaceDetector
 
@@ -132,12 +133,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     image = decode_image(read_file(Path(args.image)), args.image)
-    faces = explain_image(Path(args.model), image, _detector(settings), settings.crop_margin, Path(args.out))
+    faces = explain_image(Path(args.model), image, _detector(settings), settings, Path(args.out))
     print(json.dumps({"image": args.image, "faces": faces}))
     return 0
 
 
 def cmd_dataset_import(args: argparse.Namespace) -> int:
+    from expr_core.data.features import Featurizer
     from expr_core.data.store import DatasetStore
     from expr_core.data.transfer import ImportOptions, import_paths, precheck
 
@@ -146,7 +148,7 @@ def cmd_dataset_import(args: argparse.Namespace) -> int:
     if args.label and not args.paths:
         raise UserError("Name at least one image, folder or zip file to import.")
     settings = _settings(args)
-    store = DatasetStore(settings.workspace)
+    store = DatasetStore(settings.workspace, Featurizer(settings))  # features now: the next run trains in seconds
     options = ImportOptions(
         label=args.label, cropped=args.cropped, largest_only=not args.all_faces, captured_by=args.captured_by
     )
@@ -230,7 +232,6 @@ def _train_config(args: argparse.Namespace, settings: Settings) -> TrainConfig:
         epochs_2=args.epochs_2,
         lr_1=args.lr_1,
         lr_2=args.lr_2,
-        feature_copies=args.feature_copies,
         seed=args.seed,
         quantize=not args.no_quantize,
     ).validated()
@@ -247,8 +248,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = _train_config(args, settings)
         lock_fd = runs.acquire_lock(settings.workspace)
         run_id, _ = runs.create_run(settings.workspace, config.to_dict())
-    prepare_tensorflow(runs.run_config(settings.workspace, run_id).get("backbone"))
-    from expr_core.worker.train import run_worker  # TensorFlow loads here, after the arguments were checked
+    prepare_tensorflow(runs.run_config(settings.workspace, run_id).get("backbone"))  # for phase 2, if it comes
+    from expr_core.training import run_worker  # no TensorFlow until the first model is out
 
     result = run_worker(settings, run_id, lock_fd, echo=_print_progress)
     if args.json:
@@ -284,7 +285,7 @@ def _open_classifier(path: str, labels: str | None, settings: Settings) -> Predi
         return Classifier(ModelFiles(folder).tflite, names)
     if model.suffix == ".keras":
         model = files.tflite
-    return Classifier(model, names) if names and model.suffix == ".tflite" else Classifier.from_path(model)
+    return Classifier(model, names) if names and model.suffix == ".tflite" else open_model(model)
 
 
 def _starter(settings: Settings, labels: list[str] | None) -> StarterClassifier:
@@ -319,6 +320,19 @@ def cmd_starter(args: argparse.Namespace) -> int:
     return _prepared(args, lambda: prepare(settings))
 
 
+def cmd_base(args: argparse.Namespace) -> int:
+    """Prepare a backbone's frozen base as LiteRT, once per backbone, size and weights."""
+    from expr_core.bases import BaseKey
+    from expr_core.train_config import TrainConfig
+
+    settings = _settings(args)
+    config = TrainConfig.for_backbone(args.backbone, weights=args.weights, image_size=args.image_size).validated()
+    prepare_tensorflow(config.backbone)
+    from expr_core.worker.base import prepare_base
+
+    return _prepared(args, lambda: prepare_base(settings, BaseKey.of(config)))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from expr_core.evaluate import evaluate_folder
 
@@ -338,7 +352,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from expr_core.registry import Registry
 
-    registry = Registry(_settings(args).workspace)
+    settings = _settings(args)
+    registry = Registry(settings.workspace)
     action = getattr(args, "action", None)
     if action == "activate":
         registry.activate(args.run_id, confirm_unusable=args.force)
@@ -349,6 +364,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
         if not cancel(registry.workspace, args.run_id):
             raise UserError(f"Run {args.run_id} is not running.")
+    elif action == "assemble":
+        files = _assembled(settings, registry, args.run_id)
+        print(json.dumps({k: str(v) for k, v in files.items()}) if args.json else "\n".join(map(str, files.values())))
+        return 0
     elif action == "import":
         from expr_core.worker.convert import import_model
 
@@ -364,6 +383,20 @@ def cmd_models(args: argparse.Namespace) -> int:
             mark = "*" if r["active"] else " "
             print(f"{mark} {r['run_id']}  {r['state']:<9}  val_accuracy {r['val_accuracy']}{verdict}")
     return 0
+
+
+def _assembled(settings: Settings, registry: Registry, run_id: str) -> dict[str, Path]:
+    """A first model's downloads, with the whole network assembled in this (worker) process if needed."""
+    from expr_core.jobs.runs import run_config
+    from expr_core.registry import ModelFiles
+
+    registry.files(run_id)  # refuses a run without a model, saying why
+    config = run_config(registry.workspace, run_id)
+    files = ModelFiles(registry.model_dir(run_id))
+    prepare_tensorflow(config.get("backbone"))
+    from expr_core.worker.base import assemble
+
+    return assemble(settings, files, quantize=bool(config.get("quantize", True)))
 
 
 def _label_list(text: str) -> list[str]:
@@ -383,6 +416,7 @@ def _models_parser(sub) -> None:
         ("activate", "make a run's model the active one"),
         ("delete", "delete a run"),
         ("cancel", "ask a running training to stop"),
+        ("assemble", "make a first model's whole-network .keras and TFLite files (for downloads)"),
     ):
         action = actions.add_parser(name, help=help_text)
         action.add_argument("run_id")
@@ -425,12 +459,6 @@ def _train_parser(sub) -> None:
     train.add_argument("--batch-size", type=int, default=defaults.batch_size)
     train.add_argument("--lr-1", type=float, default=defaults.lr_1)
     train.add_argument("--lr-2", type=float, help="phase 2 learning rate; default: the backbone's")
-    train.add_argument(
-        "--feature-copies",
-        type=int,
-        default=defaults.feature_copies,
-        help="augmented copies per image whose features phase 1 caches",
-    )
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--no-quantize", action="store_true", help="skip the dynamic-range quantised TFLite file")
     train.add_argument("--json", action="store_true")
@@ -507,6 +535,14 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("action", choices=["prepare"], help="convert it for serving (once)")
     _prepare_options(prepare)
     prepare.set_defaults(func=cmd_starter)
+
+    base = sub.add_parser("base", help="a backbone's frozen base for quick training (LiteRT, prepared once)")
+    base.add_argument("action", choices=["prepare"], help="convert it (once per backbone, size and weights)")
+    base.add_argument("--backbone", required=True, choices=list(BACKBONES))
+    base.add_argument("--weights", help="default: the backbone's pretrained weights")
+    base.add_argument("--image-size", type=int, help="default: the backbone's own")
+    _prepare_options(base)
+    base.set_defaults(func=cmd_base)
 
     explain = sub.add_parser("explain", help="Grad-CAM heat maps of what drove each face's prediction")
     explain.add_argument("image")

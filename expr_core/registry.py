@@ -15,9 +15,17 @@ A run (see :mod:`expr_core.jobs.folder` for the folder) that finished has ``mode
 ``dataset.json``           snapshot summary: labels, counts per label and side, train/val sample ids
 ``config.json``            the training config (or, for imports, where the model came from)
 
-Publishing is atomic: the worker fills ``.tmp-model/``, renames it to ``model/`` and only then writes
-status ``done``. A run is listed as usable only when its status is ``done``, so a model killed halfway
-can never become active. ``<workspace>/active.json`` names the active run and is replaced atomically.
+A first model (phase 1) is "prepared base + head": ``base.tflite`` (+ ``base.dynamic.tflite``), the
+frozen backbone's extractor prepared once for every run (:mod:`expr_core.bases`), and ``head.npz``, the head
+trained on its features (:mod:`expr_core.head`); ``model.keras`` and ``model.tflite`` of the whole
+network are assembled on request for downloads. When phase 2 beats it, the run gets a second version,
+``model.finetuned/`` (the layout above); the newest version is the run's model.
+
+Publishing is atomic: the worker fills ``.tmp-model/``, renames it to ``model/`` (or
+``model.finetuned/``) and only then records the version in the status. A run has a model only once its
+status says so (``version``, or ``done`` for older runs), so a model killed halfway can never become
+active; a run whose fine-tuning dies keeps its first model. ``<workspace>/active.json`` names the active
+run and is replaced atomically.
 A run whose status says ``usable: false`` (its model does not tell the expressions apart) is published
 for inspection but becomes active only when the user confirms.
 
@@ -40,7 +48,9 @@ from expr_core.jobs import folder as job
 from expr_core.jobs import runs
 
 MODEL_DIR, STAGING_DIR = "model", atomic.TMP_PREFIX + "model"
+FINETUNED_DIR = "model.finetuned"  # version 2 of a run: phase 2's model, published only when it beats phase 1
 KERAS_FILE, TFLITE_FILE, TFLITE_DYNAMIC_FILE = "model.keras", "model.tflite", "model.dynamic.tflite"
+HEAD_FILE, BASE_FILE, BASE_DYNAMIC_FILE = "head.npz", "base.tflite", "base.dynamic.tflite"
 LABELS_FILE, METRICS_FILE, HISTORY_FILE, DATASET_FILE = "labels.json", "metrics.json", "history.json", "dataset.json"
 ACTIVE_FILE = "active.json"
 
@@ -67,6 +77,12 @@ class RunInfo:
     path: Path
     usable: bool | None  # None: not judged (imports, runs from before the quality check)
     warnings: list[str]
+
+    version: int | None = None  # the newest published version (1: the first model; 2: fine-tuned)
+
+    @property
+    def has_model(self) -> bool:
+        return runs.has_model({"state": self.state, "version": self.version})
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "path": str(self.path)}
@@ -102,9 +118,27 @@ class ModelFiles:
     def tflite_dynamic(self) -> Path:
         return self.folder / TFLITE_DYNAMIC_FILE
 
+    @property
+    def head(self) -> Path:
+        """The head's weights of a "prepared base + head" model (its LiteRT files are then the base's)."""
+        return self.folder / HEAD_FILE
+
+    @property
+    def is_head_model(self) -> bool:
+        """A "prepared base + head" model: served as the base's LiteRT file followed by the head in NumPy."""
+        return self.head.is_file()
+
     def served(self, quantized: bool = False) -> Path:
-        """The LiteRT file to serve: the quantised variant when asked for and present, else float32."""
-        return self.tflite_dynamic if quantized and self.tflite_dynamic.is_file() else self.tflite
+        """The LiteRT file to serve (for a head model: the base's): quantised when asked for and present."""
+        plain, dynamic = (
+            (self.folder / BASE_FILE, self.folder / BASE_DYNAMIC_FILE)
+            if self.is_head_model
+            else (self.tflite, self.tflite_dynamic)
+        )
+        return dynamic if quantized and dynamic.is_file() else plain
+
+    def servable(self) -> bool:
+        return self.served().is_file() and (self.folder / LABELS_FILE).is_file()
 
     def labels(self) -> list[str]:
         """The output labels in order; :class:`ModelFileError` when ``labels.json`` is missing or empty."""
@@ -147,7 +181,7 @@ class Registry:
             active=run_id == active,
             created=status.get("created"),
             finished=status.get("finished"),
-            labels=self.labels(run_id) if status.get("state") == "done" else [],
+            labels=self.labels(run_id) if runs.has_model(status) else [],
             val_accuracy=status.get("val_accuracy"),
             backbone=config.get("backbone"),
             image_size=config.get("image_size"),
@@ -155,6 +189,7 @@ class Registry:
             path=folder,
             usable=status.get("usable"),
             warnings=list(status.get("warnings") or []),
+            version=status.get("version"),
         )
 
     def last_training_config(self) -> dict[str, Any]:
@@ -166,13 +201,18 @@ class Registry:
         return {}
 
     def model_dir(self, run_id: str) -> Path:
-        return runs.run_dir(self.workspace, run_id) / MODEL_DIR
+        """The run's newest model version (the fine-tuned one once published, else the first)."""
+        folder = runs.run_dir(self.workspace, run_id)
+        return folder / FINETUNED_DIR if (folder / FINETUNED_DIR).is_dir() else folder / MODEL_DIR
+
+    def version_dir(self, run_id: str, version: int) -> Path:
+        return runs.run_dir(self.workspace, run_id) / (MODEL_DIR if version == 1 else FINETUNED_DIR)
 
     def _published(self, run_id: str) -> Path:
-        """The model folder of a finished run, or :class:`RegistryError` saying why there is none."""
-        state = runs.run_status(self.workspace, run_id).get("state")
-        if state != "done":
-            raise RegistryError(f"Run {run_id} has no model: it is {state}.")
+        """The model folder of a run that has one, or :class:`RegistryError` saying why there is none."""
+        status = runs.run_status(self.workspace, run_id)
+        if not runs.has_model(status):
+            raise RegistryError(f"Run {run_id} has no model: it is {status.get('state')}.")
         return self.model_dir(run_id)
 
     def labels(self, run_id: str) -> list[str]:
@@ -198,7 +238,7 @@ class Registry:
     def active_id(self) -> str | None:
         """The active run, if it still exists and is done."""
         run_id = (atomic.read_json(self.workspace / ACTIVE_FILE, {}) or {}).get("run_id")
-        if not run_id or not (self.model_dir(run_id) / TFLITE_FILE).is_file():
+        if not run_id or not ModelFiles(self.model_dir(run_id)).servable():
             return None
         return run_id
 
@@ -240,16 +280,15 @@ class Registry:
         os.rename(folder, doomed)  # the run vanishes from listings in one step
         shutil.rmtree(doomed)
 
-    def publish(self, run_id: str) -> Path:
-        """Make a staged model the run's model folder (one atomic rename) and return it.
+    def publish(self, run_id: str, version: int = 1) -> Path:
+        """Make a staged model the run's model folder of ``version`` (one atomic rename) and return it.
 
-        The caller marks the run done afterwards: until then the model is not listed as usable, so a
-        crash at any point leaves either no model or a complete one.
+        The caller records the version in the run's status afterwards: until then the model is not
+        listed, so a crash at any point leaves either no model or a complete one.
         """
-        staged, target = self._staging_path(run_id), self.model_dir(run_id)
-        for name in (KERAS_FILE, TFLITE_FILE, LABELS_FILE):
-            if not (staged / name).is_file():
-                raise RegistryError(f"Cannot publish run {run_id}: {name} is missing.")
+        staged, target = self._staging_path(run_id), self.version_dir(run_id, version)
+        if not ModelFiles(staged).servable():
+            raise RegistryError(f"Cannot publish run {run_id}: its model file or {LABELS_FILE} is missing.")
         os.rename(staged, target)
         _fsync_dir(target.parent)
         return target

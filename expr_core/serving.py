@@ -121,12 +121,6 @@ class Classifier(LiteRTModel):
         if self.outputs != len(self.labels):
             raise ModelFileError(f"{tflite_path}: the model has {self.outputs} outputs but {len(self.labels)} labels.")
 
-    @classmethod
-    def from_path(cls, path: Path, quantized: bool = False, num_threads: int = DEFAULT_THREADS) -> Classifier:
-        """Load a run folder, model folder or ``.tflite`` file (see :func:`resolve_model`)."""
-        tflite, labels = resolve_model(path, quantized)
-        return cls(tflite, labels, num_threads)
-
     def predict(self, crops: Sequence[np.ndarray] | np.ndarray, bgr: bool = True) -> np.ndarray:
         """Probabilities ``(len(crops), len(labels))`` for face crops, in one interpreter call."""
         return self.run(crops, bgr)
@@ -134,3 +128,34 @@ class Classifier(LiteRTModel):
     def predict_many(self, crops: Sequence[np.ndarray] | np.ndarray, bgr: bool = True) -> np.ndarray:
         """Probabilities for any number of crops, in fixed-size batches (for evaluation, not live video)."""
         return self.run_many(crops, bgr)
+
+
+class HeadClassifier:
+    """A first model served as "prepared base + head": one LiteRT run of the base per batch, then the head in
+    NumPy. No conversion per run: the base is the one prepared once for its backbone (see expr_core.bases)."""
+
+    def __init__(self, files: ModelFiles, quantized: bool = False, num_threads: int = DEFAULT_THREADS) -> None:
+        from expr_core.head import HeadWeights
+
+        self.path = files.served(quantized)
+        self._base = LiteRTModel(self.path, num_threads)
+        self.labels = files.labels()
+        self._head = HeadWeights.load(files.head, n_features=self._base.outputs, n_labels=len(self.labels))
+        self.input_size = self._base.input_size
+
+    def predict(self, crops: Sequence[np.ndarray] | np.ndarray, bgr: bool = True) -> np.ndarray:
+        return self._head.predict(self._base.run(crops, bgr))
+
+    def predict_many(self, crops: Sequence[np.ndarray] | np.ndarray, bgr: bool = True) -> np.ndarray:
+        return self._head.predict(self._base.run_many(crops, bgr))
+
+
+def open_model(path: Path, quantized: bool = False, num_threads: int = DEFAULT_THREADS) -> Classifier | HeadClassifier:
+    """The served model of a run folder, a model folder or a ``.tflite`` file, whichever kind it is
+    (see :func:`resolve_model`; a head model's base needs its head, so only its folder opens it)."""
+    path = Path(path)
+    files = ModelFiles.locate(path)
+    if path.suffix != ".tflite" and files.is_head_model:
+        return HeadClassifier(files, quantized, num_threads)
+    tflite, labels = resolve_model(path, quantized)
+    return Classifier(tflite, labels, num_threads)

@@ -16,7 +16,7 @@ from expr_core.errors import UserError
 
 MIN_IMAGE_SIZE = 32  # the smallest input Keras' DenseNet and MobileNet builders accept
 MAX_LEARNING_RATE = 1.0
-MAX_BATCH_SIZE, MAX_EPOCHS, MAX_FEATURE_COPIES = 1024, 1000, 100
+MAX_BATCH_SIZE, MAX_EPOCHS = 1024, 1000
 
 
 class ConfigError(UserError):
@@ -31,9 +31,8 @@ class TrainConfig:
     ``"fer2013"`` (mini-Xception: the pinned FER2013 model file), ``"none"`` (random start, much less
     accurate) or the path of a weights file (DenseNet/MobileNet without its top, ``*_notop.h5``; for
     mini-Xception, a model file of the same architecture).
-    ``feature_copies`` is how many augmented copies of each training image get their frozen-base features
-    cached for phase 1, on top of the clean image: the head then sees augmentation without the base
-    being run every epoch.
+    Phase 1's augmentation is fixed: each sample's features are kept for its clean, mirrored and jittered
+    crop (:mod:`expr_core.data.features`), computed once when it is saved.
     """
 
     backbone: str = "densenet201"
@@ -44,7 +43,6 @@ class TrainConfig:
     epochs_2: int = 10
     lr_1: float = 1e-3
     lr_2: float = 2e-5
-    feature_copies: int = 2
     val_fraction: float = 0.2
     seed: int = 0
     quantize: bool = True
@@ -67,7 +65,6 @@ class TrainConfig:
             "batch size": self.batch_size,
             "phase 1 epochs": self.epochs_1,
             "phase 2 epochs": self.epochs_2,
-            "feature copies": self.feature_copies,
             "seed": self.seed,
         }
         for name, value in whole.items():
@@ -75,17 +72,10 @@ class TrainConfig:
                 raise ConfigError(f"The {name} must be a whole number, not {value!r}.")
         if not MIN_IMAGE_SIZE <= self.image_size <= 512:
             raise ConfigError(f"Image size must be between {MIN_IMAGE_SIZE} and 512 pixels, not {self.image_size}.")
-        if self.batch_size < 1 or self.epochs_1 < 0 or self.epochs_2 < 0 or self.feature_copies < 0:
-            raise ConfigError("Batch size must be at least 1; epochs and feature copies cannot be negative.")
-        if (
-            self.batch_size > MAX_BATCH_SIZE
-            or max(self.epochs_1, self.epochs_2) > MAX_EPOCHS
-            or self.feature_copies > MAX_FEATURE_COPIES
-        ):
-            raise ConfigError(
-                f"Batch size can be at most {MAX_BATCH_SIZE}, epochs at most {MAX_EPOCHS} per phase and feature "
-                f"copies at most {MAX_FEATURE_COPIES}."
-            )
+        if self.batch_size < 1 or self.epochs_1 < 0 or self.epochs_2 < 0:
+            raise ConfigError("Batch size must be at least 1; epochs cannot be negative.")
+        if self.batch_size > MAX_BATCH_SIZE or max(self.epochs_1, self.epochs_2) > MAX_EPOCHS:
+            raise ConfigError(f"Batch size can be at most {MAX_BATCH_SIZE} and epochs at most {MAX_EPOCHS} per phase.")
         if self.epochs_1 == 0 and self.epochs_2 == 0:
             raise ConfigError("Both phases are switched off (0 epochs each); give at least one phase some epochs.")
         for name, rate in (("phase 1", self.lr_1), ("phase 2", self.lr_2)):

@@ -8,7 +8,10 @@ import streamlit as st
 from expr_core.data.review import ReviewQueue
 from expr_core.data.store import MAX_LABEL_LEN, MAX_PERSON_LEN
 from expr_core.data.transfer import ImportOptions, export_bytes, import_uploads
+from expr_core.jobs import runs
 from expr_core.live.capture import INTERVAL_RANGE_S, MAX_BURST, BurstRequest, Recorder, annotate_capture_frame
+from expr_core.registry import Registry
+from expr_core.train_config import TrainConfig
 from pages import common
 from pages.camera import camera
 
@@ -157,6 +160,15 @@ with review_tab:
             st.rerun()
     else:
         st.info("Nothing to review.")
+    last = Registry(cfg.workspace).last_training_config()
+    if last and st.button(
+        "Retrain",
+        icon=":material/model_training:",
+        help="Train again with the last run's settings: the first model is ready in seconds; compare it on Models.",
+    ):
+        with common.user_errors():
+            runs.start_training(cfg, TrainConfig.from_dict(last))
+            st.switch_page("pages/train.py")
 
 with upload_tab:
     with st.form("upload", clear_on_submit=True):

@@ -18,13 +18,14 @@ import streamlit as st
 
 from expr_core import assets, starter
 from expr_core.backbones import expression_weights_available
+from expr_core.data.features import Featurizer
 from expr_core.data.store import DatasetStore
 from expr_core.errors import UserError
 from expr_core.jobs import folder as job
 from expr_core.jobs import prepare
 from expr_core.live.capture import SampleWriter
 from expr_core.registry import Registry
-from expr_core.serving import Classifier, Predictor
+from expr_core.serving import Predictor, open_model
 from expr_core.settings import Settings, load_settings
 from expr_core.starter import StarterClassifier
 from expr_core.vision.faces import FaceDetector, open_detector
@@ -112,7 +113,7 @@ def settings() -> Settings:
 
 @st.cache_resource
 def _store_for(workspace: str) -> DatasetStore:
-    return DatasetStore(Path(workspace))
+    return DatasetStore(Path(workspace), Featurizer(settings()))
 
 
 def store() -> DatasetStore:
@@ -188,8 +189,8 @@ class ServedModel:
 
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=4)
-def _classifier_for(model_dir: str, stamp: float, quantized: bool) -> Classifier:
-    return Classifier.from_path(Path(model_dir), quantized=quantized)
+def _classifier_for(model_dir: str, stamp: float, quantized: bool) -> Predictor:
+    return open_model(Path(model_dir), quantized=quantized)
 
 
 @st.cache_resource(show_spinner="Loading the starter model...", max_entries=4)

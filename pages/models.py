@@ -4,13 +4,43 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import streamlit as st
 
-from expr_core.jobs.run_cli import import_keras
+from expr_core.jobs.run_cli import assemble_downloads, import_keras
 from expr_core.registry import Registry
 from pages import common, report
+
+
+def downloads(registry: Registry, run_id: str, keras_col: Any, tflite_col: Any) -> None:
+    """The run's .keras and TFLite downloads; a first model (base + head) has them put together on request."""
+    files = registry.files(run_id)
+    if "keras" not in files:
+        if keras_col.button(
+            "Prepare downloads", icon=":material/build:", help="the whole network as .keras and TFLite"
+        ):
+            with common.user_errors(), st.spinner("Putting the whole network together and converting it..."):
+                assemble_downloads(registry.workspace, run_id)
+                st.rerun()
+        return
+    keras_col.download_button(
+        "Download .keras",
+        data=files["keras"].read_bytes,
+        file_name=f"{run_id}.keras",
+        on_click="ignore",
+        icon=":material/download:",
+    )
+    tflite = files.get("tflite_dynamic") or files["tflite"]
+    tflite_col.download_button(
+        "Download TFLite",
+        data=tflite.read_bytes,
+        file_name=f"{run_id}.tflite",
+        on_click="ignore",
+        icon=":material/download:",
+    )
+
 
 common.page("pages/models.py")
 st.title("Models")
@@ -54,7 +84,7 @@ else:
     chosen = registry.get(chosen_id)
     if chosen.error:
         st.error(chosen.error)
-    if chosen.state == "done":
+    if chosen.has_model:
         report.verdict(chosen)
         act, keras_col, tflite_col, delete_col = st.columns(4)
         confirmed = chosen.usable is not False or chosen.active or act.checkbox("I understand this model is not usable")
@@ -64,22 +94,7 @@ else:
             ):
                 registry.activate(chosen.run_id, confirm_unusable=confirmed)
                 st.rerun()
-        files = registry.files(chosen.run_id)
-        keras_col.download_button(
-            "Download .keras",
-            data=files["keras"].read_bytes,
-            file_name=f"{chosen.run_id}.keras",
-            on_click="ignore",
-            icon=":material/download:",
-        )
-        tflite = files.get("tflite_dynamic") or files["tflite"]
-        tflite_col.download_button(
-            "Download TFLite",
-            data=tflite.read_bytes,
-            file_name=f"{chosen.run_id}.tflite",
-            on_click="ignore",
-            icon=":material/download:",
-        )
+        downloads(registry, chosen.run_id, keras_col, tflite_col)
     else:
         delete_col = st.columns(4)[3]
     with delete_col.popover("Delete", icon=":material/delete:"):
@@ -89,7 +104,7 @@ else:
                 registry.delete(chosen.run_id, force=chosen.active)
                 st.rerun()
     report.learning_curves(report.run_events(cfg.workspace, chosen.run_id))
-    if chosen.state == "done":
+    if chosen.has_model:
         report.evaluation(registry, chosen.run_id, store)
 
 st.divider()

@@ -6,6 +6,7 @@ Not a page itself.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import altair as alt
@@ -87,7 +88,9 @@ def progress(status: dict[str, Any], events: list[dict[str, Any]]) -> None:
             text=f"{name}: epoch {batch['epoch']}/{batch['epochs']}",
         )
         st.progress(batch["batch"] / batch["batches"], text=f"batch {batch['batch']}/{batch['batches']}")
-    elapsed = status.get("elapsed") or (events[-1]["elapsed"] if events else 0)
+    # Counted from the start, not from the last status write: it keeps moving through a long first batch.
+    started = status.get("started")
+    elapsed = time.time() - started if started else status.get("elapsed") or 0
     eta = status.get("eta_s")
     st.caption(
         f"Elapsed {elapsed:.0f} s"
@@ -95,6 +98,26 @@ def progress(status: dict[str, Any], events: list[dict[str, Any]]) -> None:
     )
     for warning in (e["message"] for e in events if e.get("type") == "warning"):
         st.warning(warning)
+
+
+def model_ready(status: dict[str, Any]) -> None:
+    """A run whose first model is out while fine-tuning goes on: say so, and how long the rest may take."""
+    accuracy = status.get("val_accuracy")
+    quality = "" if accuracy is None else f" (validation accuracy {accuracy:.0%})"
+    eta = status.get("eta_s") if status.get("phase") == "finetune" else None
+    left = f"about {max(1, round(eta / 60))} min left" if eta else "its first batch builds the graph, a minute or two"
+    if status.get("usable") is False:
+        st.warning(
+            f"A first model is out{quality} but it is not usable, so it was not made active. "
+            f"Fine-tuning continues ({left})."
+        )
+    else:
+        st.success(
+            f"**Model ready**{quality}: Detect can use it now. Fine-tuning continues ({left}); the "
+            "fine-tuned version replaces it only if it reads the validation faces better.",
+            icon=":material/check_circle:",
+        )
+        st.page_link("pages/detect.py", label="Try it on Detect", icon=":material/face:")
 
 
 def confusion_heatmap(report: dict[str, Any]) -> alt.Chart:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import streamlit as st
 
+from expr_core import bases
 from expr_core.backbones import BACKBONES, FER2013, IMAGENET, default_backbone, imagenet_weights_available
+from expr_core.bases import BaseKey
 from expr_core.data.split import SplitError, check_trainable, split_samples
 from expr_core.jobs import folder as job
-from expr_core.jobs import runs
+from expr_core.jobs import prepare, runs
 from expr_core.registry import Registry
 from expr_core.train_config import TrainConfig
 from pages import common, report
@@ -24,6 +27,7 @@ counts = store.stats()
 st.caption("Samples per label: " + " · ".join(f"{label}: {n}" for label, n in counts.items()))
 
 running = runs.active_run(cfg.workspace)
+SIZES = [48, 64, 96, 128, 160, 224]
 
 
 @st.fragment(run_every=1.0)
@@ -34,6 +38,8 @@ def live(run_id: str) -> None:
     if status["state"] not in job.ACTIVE_STATES:
         st.rerun()
     st.subheader(f"Run {run_id}: {status['state']}")
+    if status.get("version"):
+        report.model_ready(status)
     report.progress(status, events)
     report.learning_curves(events)
     if status.get("cancel_requested"):
@@ -64,6 +70,30 @@ def choice(options: Sequence[Any], value: Any, fallback: Any) -> Any:
 def clamp(value: float, low: float, high: float) -> float:
     """A remembered setting brought into the widget's range (CLI runs are not limited by the form)."""
     return float(min(max(value, low), high))
+
+
+@st.fragment(run_every=2.0)
+def base_status(key: BaseKey) -> None:
+    """The chosen backbone's frozen base, prepared once in the background so that training takes seconds."""
+    title = BACKBONES[key.backbone].title
+    if bases.is_prepared(cfg, key):
+        st.caption(f"{title} at {key.image_size} px is prepared: the first model appears seconds after Start.")
+        return
+    running = prepare.active_job(cfg.workspace, key.slug())
+    if running is None:
+        failed = prepare.latest_job(cfg.workspace, key.slug())
+        status = job.folder_status(failed) if failed else {}
+        if status.get("state") == job.JobState.FAILED:
+            st.warning(f"{title} could not be prepared: {status.get('error')}", icon=":material/error:")
+            return
+        bases.remember(cfg, key)
+        running = prepare.start_preparing_base(cfg, key)
+    elapsed = time.time() - (job.folder_status(running).get("created") or time.time())
+    st.info(
+        f"Preparing {title} at {key.image_size} px in the background, once (about a minute; {elapsed:.0f} s so far). "
+        "You can start training now: the run waits for it.",
+        icon=":material/hourglass_top:",
+    )
 
 
 # The backbone and its weights shape the rest of the form (input size, learning rate, what can go wrong), so
@@ -102,6 +132,14 @@ elif weights_choice == IMAGENET and not imagenet_weights_available(backbone, cfg
         "at once. Choose mini-Xception (pretrained on expressions, works offline) or supply a weights file.",
         icon=":material/wifi_off:",
     )
+elif weights_choice != "file":
+    base_status(
+        BaseKey(
+            backbone,
+            choice([48, 64, 96, 128, 160, 224], last.image_size, BACKBONES[backbone].image_size),
+            weights_choice,
+        )
+    )
 
 with st.form("train_settings"):
     left, right = st.columns(2)
@@ -110,11 +148,11 @@ with st.form("train_settings"):
         placeholder="/path/densenet201_notop.h5",
         value="" if last.weights in weights_options else last.weights,
     )
-    sizes, batches = [48, 64, 96, 128, 160, 224], [8, 16, 32, 64]
+    batches = [8, 16, 32, 64]
     image_size = right.select_slider(
         "Input size (pixels)",
-        sizes,
-        value=choice(sizes, last.image_size, BACKBONES[backbone].image_size),
+        SIZES,
+        value=choice(SIZES, last.image_size, BACKBONES[backbone].image_size),
         help="Larger is slower and needs more memory (training at 224 px: about 5.4 GB).",
     )
     batch_size = right.select_slider("Batch size", batches, value=choice(batches, last.batch_size, 32))
@@ -125,7 +163,6 @@ with st.form("train_settings"):
         lr_1 = a.number_input("Phase 1 learning rate", 1e-5, 1e-1, clamp(last.lr_1, 1e-5, 1e-1), format="%.5f")
         lr_2 = b.number_input("Phase 2 learning rate", 1e-7, 1e-3, clamp(last.lr_2, 1e-7, 1e-3), format="%.6f")
         val_fraction = c.slider("Validation share", 0.1, 0.4, clamp(last.val_fraction, 0.1, 0.4), 0.05)
-        feature_copies = a.number_input("Augmented copies for phase 1", 0, 8, min(last.feature_copies, 8))
         quantize = b.checkbox("Also make a quantised (faster) serving file", value=last.quantize)
     start = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
 
@@ -148,7 +185,6 @@ if start:
             epochs_2=int(epochs_2),
             lr_1=lr_1,
             lr_2=lr_2,
-            feature_copies=int(feature_copies),
             val_fraction=val_fraction,
             quantize=quantize,
         )

@@ -17,7 +17,7 @@ import pytest
 from expr_core import atomic
 from expr_core.jobs import folder as job
 from expr_core.jobs import runs
-from expr_core.registry import ACTIVE_FILE, Registry
+from expr_core.registry import ACTIVE_FILE, FINETUNED_DIR, ModelFiles, Registry
 from expr_core.settings import Settings
 from tests.conftest import REPO, snapshot
 from tests.test_train_split import TINY, add_face_samples
@@ -76,13 +76,16 @@ def test_a_background_job_trains_publishes_and_can_be_followed_from_the_files(fa
     assert status["state"] == "done", status
     assert seen == _events(workspace, run_id)  # incremental reads lose and duplicate nothing
     kinds = {e["type"] for e in seen}
-    assert {"start", "phase", "dataset", "batch", "epoch", "warning", "end"} <= kinds
+    assert {"start", "phase", "dataset", "batch", "epoch", "warning", "published", "end"} <= kinds
+    phases = [e["phase"] for e in seen if e["type"] == "phase"]
+    assert phases[:4] == ["prepare", "base", "features", "head"]  # a new base is prepared once, then features
     assert [e["epoch"] for e in seen if e["type"] == "epoch" and e["phase"] == "head"] == [1, 2, 3]
     assert any("weights 'none'" in e["message"] for e in seen if e["type"] == "warning")
     registry = Registry(workspace)
     # The first model becomes active by itself only if it is usable (the tiny one, at chance, is not).
     assert (registry.active_id() == run_id) is status["usable"]
-    assert set(registry.files(run_id)) == {"keras", "tflite"}
+    files = ModelFiles(registry.model_dir(run_id))
+    assert files.is_head_model and registry.files(run_id) == {}  # whole-network downloads are made on request
     metrics = registry.metrics(run_id)
     assert metrics["accuracy"] == status["val_accuracy"] and len(metrics["confusion_matrix"]) == 2
     summary = registry.dataset_summary(run_id)
@@ -90,13 +93,17 @@ def test_a_background_job_trains_publishes_and_can_be_followed_from_the_files(fa
     assert not (runs.run_dir(workspace, run_id) / "work").exists()
 
 
+def _phase_started(workspace: Path, run_id: str, phase: str) -> bool:
+    return any(e["type"] == "phase" and e["phase"] == phase for e in _events(workspace, run_id))
+
+
 def test_one_job_per_workspace_and_cancel_stops_it(face_settings: Settings):
+    """Cancelled before its first model (here while its base is being prepared), a run leaves nothing behind."""
     workspace = face_settings.workspace
-    slow = dataclasses.replace(TINY, feature_copies=60, epochs_1=50)
-    run_id = runs.start_training(face_settings, slow)
+    run_id = runs.start_training(face_settings, TINY)
     with pytest.raises(runs.JobRunning, match=run_id):
         runs.start_training(face_settings, TINY)
-    wait_for(lambda: any(e["type"] == "batch" for e in _events(workspace, run_id)), WAIT_S, "the first batch")
+    wait_for(lambda: _phase_started(workspace, run_id, "base"), WAIT_S, "the base preparation", 0.02)
     assert runs.cancel(workspace, run_id)
     status = job.wait(runs.run_dir(workspace, run_id), timeout_s=WAIT_S)
     assert status["state"] == "cancelled", status
@@ -107,13 +114,28 @@ def test_one_job_per_workspace_and_cancel_stops_it(face_settings: Settings):
     assert not runs.cancel(workspace, run_id)  # nothing left to cancel
 
 
+def test_cancelling_the_fine_tuning_keeps_the_first_model(face_settings: Settings):
+    workspace = face_settings.workspace
+    run_id = runs.start_training(face_settings, dataclasses.replace(TINY, epochs_2=200))
+    wait_for(lambda: runs.run_status(workspace, run_id).get("version") == 1, WAIT_S, "the first model")
+    assert runs.run_status(workspace, run_id)["state"] == "running"  # fine-tuning goes on after the first model
+    assert Registry(workspace).get(run_id).has_model
+    wait_for(lambda: _phase_started(workspace, run_id, "finetune"), WAIT_S, "the fine-tuning")
+    assert runs.cancel(workspace, run_id)
+    status = job.wait(runs.run_dir(workspace, run_id), timeout_s=WAIT_S)
+    assert (status["state"], status["version"]) == ("done", 1), status
+    assert any("the first model stays" in e.get("message", "") for e in _events(workspace, run_id))
+    assert ModelFiles(Registry(workspace).model_dir(run_id)).is_head_model  # version 1, untouched
+    assert not (runs.run_dir(workspace, run_id) / FINETUNED_DIR).exists()
+
+
 def test_a_killed_job_is_failed_changes_nothing_and_the_next_run_works(face_settings: Settings, astronaut_bgr):
     workspace = face_settings.workspace
     add_face_samples(workspace, astronaut_bgr, per_session=15)  # more batches per epoch, so the kill lands mid-epoch
     previous = _fake_published_run(workspace)
     dataset_before, active_before = snapshot(workspace / "dataset"), (workspace / ACTIVE_FILE).read_bytes()
     run_id = runs.start_training(face_settings, TINY)
-    wait_for(lambda: any(e["type"] == "batch" for e in _events(workspace, run_id)), WAIT_S, "the first batch", 0.02)
+    wait_for(lambda: _phase_started(workspace, run_id, "base"), WAIT_S, "the base preparation", 0.02)
     pid = int(job.worker_identity(runs.run_dir(workspace, run_id)).split(":")[0])
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: runs.run_status(workspace, run_id)["state"] == "failed", WAIT_S, "the failure to be noticed")

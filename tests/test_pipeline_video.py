@@ -19,7 +19,7 @@ from expr_core.jobs.video import delete_video_job, job_dir, output_paths, start_
 from expr_core.live.pipeline import EVERY_FACE, ClassifySchedule, ExpressionPipeline
 from expr_core.live.video_file import process_video
 from expr_core.registry import Registry
-from expr_core.serving import Classifier
+from expr_core.serving import Classifier, open_model
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def model_dir(tiny_model: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def classifier(model_dir: Path) -> Classifier:
-    return Classifier.from_path(model_dir)
+    return open_model(model_dir)
 
 
 def scene(photo: np.ndarray, faces: int, shift: int = 0) -> np.ndarray:

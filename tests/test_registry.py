@@ -10,7 +10,7 @@ import pytest
 from expr_core import atomic
 from expr_core.jobs import folder as job
 from expr_core.jobs import runs
-from expr_core.registry import ACTIVE_FILE, STAGING_DIR, Registry, RegistryError
+from expr_core.registry import ACTIVE_FILE, FINETUNED_DIR, STAGING_DIR, ModelFiles, Registry, RegistryError
 from expr_core.settings import Settings
 
 
@@ -57,13 +57,51 @@ def test_publish_renames_then_marks_done_and_the_first_model_becomes_active(regi
 
 
 def test_an_incomplete_model_is_never_published(registry: Registry):
-    run_id, _writer = _staged_run(registry, files=("model.tflite",))
-    with pytest.raises(RegistryError, match="model.keras is missing"):
+    run_id, _writer = _staged_run(registry, files=("model.keras", "head.npz"))  # a head model without its base
+    with pytest.raises(RegistryError, match="its model file or labels.json is missing"):
         registry.publish(run_id)
     assert registry.get(run_id).state == "running"
     assert not registry.model_dir(run_id).exists()
     with pytest.raises(RegistryError, match="it is running"):
         registry.activate(run_id)
+
+
+def test_a_first_model_is_usable_while_fine_tuning_goes_on_and_the_newer_version_takes_over(registry: Registry):
+    run_id, writer = _staged_run(registry, files=("base.tflite", "head.npz"))
+    registry.publish(run_id, version=1)
+    assert not registry.get(run_id).has_model  # published, but not yet recorded: not listed, not activatable
+    writer.status(version=1, labels=["happy", "sad"], usable=True)
+    assert registry.activate_if_none(run_id) and registry.active_id() == run_id  # live while the run still runs
+    info = registry.get(run_id)
+    assert (info.state, info.version, info.has_model, info.labels) == ("running", 1, True, ["happy", "sad"])
+    first = registry.model_dir(run_id)
+    assert first.name == "model" and ModelFiles(first).served() == first / "base.tflite"
+
+    staged = registry.staging_dir(run_id)
+    for name in ("model.keras", "model.tflite"):
+        (staged / name).write_bytes(b"model bytes")
+    atomic.write_json(staged / "labels.json", ["happy", "sad"])
+    registry.publish(run_id, version=2)
+    writer.status(version=2, state=job.JobState.DONE)
+    writer.close()
+    newest = registry.model_dir(run_id)
+    assert newest.name == FINETUNED_DIR and ModelFiles(newest).served() == newest / "model.tflite"
+    assert registry.active_id() == run_id and (first / "head.npz").is_file()  # the first version is kept
+    assert set(registry.files(run_id)) == {"keras", "tflite"}
+
+
+def test_a_run_whose_fine_tuning_died_keeps_its_first_model(registry: Registry):
+    run_id, writer = _staged_run(registry, files=("base.tflite", "head.npz"))
+    registry.publish(run_id, version=1)
+    writer.status(version=1, labels=["happy", "sad"], usable=True)
+    writer.close()
+    atomic.write_json(
+        runs.run_dir(registry.workspace, run_id) / job.STATUS_FILE,
+        {**job.read_status(runs.run_dir(registry.workspace, run_id)), "state": "failed", "error": "killed"},
+    )
+    assert registry.get(run_id).has_model
+    registry.activate(run_id)
+    assert registry.active_id() == run_id
 
 
 def test_activate_switches_atomically_and_only_to_finished_runs(registry: Registry):

@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("tensorflow", "keras", "tf_keras")
 ZONE = "expr_core.worker"
 # The CLI is each worker process's entry point: it alone may reach into the zone (lazily, per command).
-DISPATCHERS = {"expr_core.cli", "expr_core.__main__"}
+# Worker entry points that import the zone only when they get there: the CLI, and a training run, which reaches
+# TensorFlow only after its first model is out (phase 2) or for a base never prepared before.
+DISPATCHERS = {"expr_core.cli", "expr_core.__main__", "expr_core.training"}
 
 
 def module_name(path: Path) -> str:

@@ -22,7 +22,6 @@ TINY = TrainConfig(
     batch_size=8,
     epochs_1=3,
     epochs_2=0,
-    feature_copies=1,
     quantize=False,
 )
 TINY_ARGS = [
@@ -38,8 +37,6 @@ TINY_ARGS = [
     "3",
     "--epochs-2",
     "0",
-    "--feature-copies",
-    "1",
     "--no-quantize",
 ]
 
@@ -286,12 +283,10 @@ def test_bad_training_settings_are_refused(changes, message):
         ({"batch_size": float("nan")}, "batch size must be a whole number"),
         ({"epochs_1": float("inf")}, "phase 1 epochs must be a whole number"),
         ({"epochs_2": True}, "phase 2 epochs must be a whole number"),
-        ({"feature_copies": 1.5}, "feature copies must be a whole number"),
         ({"image_size": 64.5}, "image size must be a whole number"),
         ({"seed": float("nan")}, "seed must be a whole number"),
         ({"epochs_1": 100_000}, "epochs at most 1000 per phase"),
         ({"batch_size": 100_000}, "batch size can be at most 1024"),
-        ({"feature_copies": 1000}, "feature copies at most 100"),
     ],
 )
 def test_non_finite_or_out_of_range_settings_are_refused_before_training(changes, message):

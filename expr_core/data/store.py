@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 
 from expr_core import atomic
+from expr_core.data import features
 from expr_core.errors import DatasetError, DiskFull, InvalidLabel, disk_full, is_disk_full
 
 DEFAULT_LABELS = ("happy", "sad")
@@ -141,7 +142,11 @@ def validate_label(name: str, existing: Iterable[str] = ()) -> str:
 class DatasetStore:
     """Thread- and process-safe access to one workspace's dataset."""
 
-    def __init__(self, workspace: Path) -> None:
+    def __init__(self, workspace: Path, featurizer: features.Featurizer | None = None) -> None:
+        """``featurizer`` computes each new sample's base features right after it is stored (see
+        :class:`expr_core.data.features.Featurizer`): the app's and the CLI's stores have one, so the next
+        run trains in seconds."""
+        self.featurizer = featurizer
         self.root = Path(workspace) / "dataset"
         self.images_dir = self.root / "images"
         self._manifest = self.root / "manifest.jsonl"
@@ -277,6 +282,8 @@ class DatasetStore:
                 if is_disk_full(exc) and not isinstance(exc, DiskFull):
                     raise disk_full(self.root) from exc
                 raise
+        if self.featurizer is not None:
+            self.featurizer.add(self.root, [(s.id, item.image) for s, item in zip(added, items, strict=True)])
         return added
 
     def _undo_add(self, added: list[Sample], manifest_size: int | None) -> None:
@@ -329,6 +336,7 @@ class DatasetStore:
         for sample in doomed:
             with contextlib.suppress(FileNotFoundError):
                 self.image_path(sample).unlink()
+        features.forget(self.root, gone)
 
     def _rewrite(self, samples: list[Sample]) -> None:
         with atomic.atomic_writer(self._manifest, "w") as handle:

@@ -45,3 +45,11 @@ def import_keras(workspace: Path, path: Path, labels: list[str]) -> str:
         IMPORT_TIMEOUT_S,
     )
     return str(result["run_id"])
+
+
+ASSEMBLE_TIMEOUT_S = 900
+
+
+def assemble_downloads(workspace: Path, run_id: str) -> None:
+    """Make a first model's whole-network ``.keras`` and LiteRT files (a conversion: up to a minute or two)."""
+    run_cli(["models", "assemble", run_id, "--workspace", str(workspace), "--json"], ASSEMBLE_TIMEOUT_S)

@@ -36,6 +36,7 @@ class Phase(StrEnum):
     """The steps of a training run, in order (the ``phase`` of ``phase``, ``batch`` and ``epoch`` events)."""
 
     PREPARE = "prepare"
+    BASE = "base"
     FEATURES = "features"
     HEAD = "head"
     FINETUNE = "finetune"
@@ -79,6 +80,12 @@ def run_status(workspace: Path, run_id: str) -> dict[str, Any]:
     if not folder.is_dir():
         raise job.JobError(f"There is no run {run_id}.")
     return job.folder_status(folder)
+
+
+def has_model(status: dict[str, Any]) -> bool:
+    """Whether a run's status says it published a model: a first version (even while fine-tuning goes on, or
+    after it died) or, for runs from before versions, being done."""
+    return bool(status.get("version")) or status.get("state") == job.JobState.DONE
 
 
 def active_run(workspace: Path) -> str | None:
@@ -127,19 +134,11 @@ def training_lock(workspace: Path, inherited_fd: int | None = None) -> Iterator[
 
 # -- starting and cancelling ---------------------------------------------------------------------
 def worker_command(settings: Settings, run_id: str, lock_fd: int) -> list[str]:
-    """The command line of a training worker: the CLI's ``train`` on an existing run."""
-    return [
-        sys.executable,
-        "-m",
-        "expr_core",
-        "train",
-        "--workspace",
-        str(settings.workspace),
-        "--run-id",
-        run_id,
-        "--lock-fd",
-        str(lock_fd),
-    ]
+    """The command line of a training worker: the CLI's ``train`` on an existing run, with the server's places
+    for model files (a base prepared in its cache is the worker's too)."""
+    places = ["--models-dir", str(settings.models_dir), "--cache-dir", str(settings.cache_dir)]
+    run = ["--run-id", run_id, "--lock-fd", str(lock_fd)]
+    return [sys.executable, "-m", "expr_core", "train", "--workspace", str(settings.workspace), *places, *run]
 
 
 def start_training(settings: Settings, config: TrainConfig) -> str:

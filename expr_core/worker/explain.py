@@ -18,14 +18,19 @@ import tensorflow as tf
 from expr_core import atomic
 from expr_core.errors import ModelFileError
 from expr_core.registry import ModelFiles
+from expr_core.settings import Settings
 from expr_core.vision.faces import FaceDetector, crop_face
+from expr_core.worker.base import whole_network
 
 SHOWN_SIZE = 192  # crops and heat maps are shown at this size
 
 
-def load_model(path: Path) -> tuple[keras.Model, list[str]]:
-    """The ``.keras`` model and labels of a run folder, its ``model/`` folder, or a ``.keras`` file."""
+def load_model(path: Path, settings: Settings) -> tuple[keras.Model, list[str]]:
+    """The Keras model and labels of a run folder, its ``model/`` folder, or a ``.keras`` file; a first model
+    ("prepared base + head") not assembled yet is put together in memory."""
     files = ModelFiles.locate(path)
+    if Path(path).suffix != ".keras" and files.is_head_model and not files.keras.is_file():
+        return whole_network(settings, files), files.labels()
     keras_file = Path(path) if Path(path).suffix == ".keras" else files.keras
     if not keras_file.is_file():
         raise ModelFileError(f"{path}: no .keras model there (explanations need the Keras model, not the TFLite file).")
@@ -80,9 +85,12 @@ def _write_png(path: Path, image: np.ndarray) -> str:
     return str(path)
 
 
-def explain_image(model_path: Path, image: np.ndarray, detector: FaceDetector, margin: float, out: Path) -> list[dict]:
+def explain_image(
+    model_path: Path, image: np.ndarray, detector: FaceDetector, settings: Settings, out: Path
+) -> list[dict]:
     """For every face: box, label, probabilities, and the paths of its crop and heat-map PNGs in ``out``."""
-    model, labels = load_model(model_path)
+    model, labels = load_model(model_path, settings)
+    margin = settings.crop_margin
     size = int(model.inputs[0].shape[1])
     faces = detector.detect(image)
     if not faces:

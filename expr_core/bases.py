@@ -83,8 +83,8 @@ def current_key(settings: Settings) -> BaseKey:
     New samples' features are computed for it when they are saved (:class:`expr_core.data.features.Featurizer`);
     a run with another base computes what is missing itself.
     """
-    chosen = atomic.read_json(Path(settings.workspace) / CHOSEN_FILE, {}) or {}
-    try:
+    try:  # a missing, corrupt or hand-edited record means "nothing chosen"
+        chosen = atomic.read_json(Path(settings.workspace) / CHOSEN_FILE, {}) or {}
         return BaseKey(str(chosen["backbone"]), int(chosen["image_size"]), str(chosen["weights"]))
-    except (KeyError, TypeError, ValueError):
+    except (OSError, KeyError, TypeError, ValueError):
         return BaseKey.of(TrainConfig.for_backbone(default_backbone(settings)[0]))

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from expr_core.data.features import Featurizer
 from expr_core.data.split import PEOPLE, SESSIONS, SplitError, person_of, split_samples
 from expr_core.data.store import DatasetStore, NewSample, Sample
 from expr_core.train_config import ConfigError, TrainConfig
@@ -41,10 +42,17 @@ TINY_ARGS = [
 ]
 
 
-def add_face_samples(workspace: Path, photo_bgr: np.ndarray, sessions: int = 3, per_session: int = 3) -> list[Sample]:
+def add_face_samples(
+    workspace: Path,
+    photo_bgr: np.ndarray,
+    sessions: int = 3,
+    per_session: int = 3,
+    featurizer: Featurizer | None = None,
+) -> list[Sample]:
     """Real face crops of the astronaut photo, a few capture sessions per label with small variations.
 
-    'sad' crops are upside down so the two labels really differ; each session is one split group.
+    'sad' crops are upside down so the two labels really differ; each session is one split group. With a
+    ``featurizer``, their features are computed as the app's store does.
     """
     face = max(HaarDetector().detect(photo_bgr), key=lambda f: f.area)
     rng = np.random.default_rng(0)
@@ -60,7 +68,7 @@ def add_face_samples(workspace: Path, photo_bgr: np.ndarray, sessions: int = 3, 
                         label, "webcam", f"{label}-{session}", image=cv2.flip(crop, 0) if label == "sad" else crop
                     )
                 )
-    return DatasetStore(workspace).add_samples(items)
+    return DatasetStore(workspace, featurizer).add_samples(items)
 
 
 def _sample(i: int, label: str, session: str, subject: str | None = None, captured_by: str = "anonymous") -> Sample:

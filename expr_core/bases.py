@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from expr_core import assets, atomic
-from expr_core.backbones import FER2013, IMAGENET, NO_WEIGHTS, default_backbone
+from expr_core.backbones import (
+    FER2013,
+    IMAGENET,
+    NO_WEIGHTS,
+    default_backbone,
+    expression_weights_available,
+    imagenet_weights_available,
+)
 from expr_core.registry import ModelFiles
 from expr_core.settings import Settings
 from expr_core.train_config import TrainConfig
@@ -68,6 +75,15 @@ def feature_size(settings: Settings, key: BaseKey) -> int:
     """The length of the base's feature vectors (recorded when it was prepared)."""
     meta = atomic.read_json(folder(settings, key) / META_FILE, {}) or {}
     return int(meta.get("features", 0))
+
+
+def obtainable(settings: Settings, key: BaseKey) -> bool:
+    """Whether preparing the base can work here: its weights are on this machine or may be downloaded now."""
+    if key.weights == IMAGENET:
+        return imagenet_weights_available(key.backbone, settings)
+    if key.weights == FER2013:
+        return expression_weights_available(settings)
+    return key.weights == NO_WEIGHTS or Path(key.weights).is_file()
 
 
 def remember(settings: Settings, key: BaseKey) -> None:

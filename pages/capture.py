@@ -24,6 +24,7 @@ detector, detector_warning = common.detector()
 if detector_warning:
     st.warning(detector_warning)
 
+common.prepare_base_in_background()  # a team that records will train: have the base ready by then
 if "recorder" not in st.session_state:
     st.session_state.recorder = Recorder(common.sample_writer(), cfg.crop_margin, cfg.crop_size)
 recorder: Recorder = st.session_state.recorder

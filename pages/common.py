@@ -16,7 +16,7 @@ from typing import Any
 
 import streamlit as st
 
-from expr_core import assets, starter
+from expr_core import assets, bases, starter
 from expr_core.backbones import expression_weights_available
 from expr_core.data.features import Featurizer
 from expr_core.data.store import DatasetStore
@@ -207,6 +207,18 @@ def active_model() -> ServedModel | None:
     model_dir = registry.model_dir(run_id)
     classifier = _classifier_for(str(model_dir), model_dir.stat().st_mtime, settings().quantized_serving)
     return ServedModel(run_id, classifier, str(model_dir))
+
+
+def prepare_base_in_background() -> None:
+    """Start preparing the workspace's current base once, if it can be had here: samples recorded from then on
+    get their features when saved, and the first run trains in seconds. A failed preparation is not retried
+    here (the Train page shows why and retries when the backbone is chosen again)."""
+    cfg = settings()
+    key = bases.current_key(cfg)
+    if bases.is_prepared(cfg, key) or prepare.latest_job(cfg.workspace, key.slug()) is not None:
+        return
+    if bases.obtainable(cfg, key):
+        prepare.start_preparing_base(cfg, key)
 
 
 def starter_model() -> tuple[ServedModel | None, str | None]:

@@ -88,10 +88,25 @@ classifier = served.classifier
 detector, detector_warning = common.detector()
 if detector_warning:
     st.warning(detector_warning)
-if served.note:
-    st.warning(served.note, icon=":material/school:")
-    st.page_link("pages/train.py", label="Train a model on your team", icon=":material/model_training:")
+# One container whatever the model: when a trained model replaces the starter, the elements below keep their
+# places, so the running camera component is not mounted again (which would stop the stream).
+with st.container():
+    if served.note:
+        st.warning(served.note, icon=":material/school:")
+        st.page_link("pages/train.py", label="Train a model on your team", icon=":material/model_training:")
 st.caption(f"Model **{served.name}** · labels: {', '.join(classifier.labels)} · input {classifier.input_size}px")
+
+
+@st.fragment(run_every=2.0)
+def follow_active_model(shown: str) -> None:
+    """Rerun the page when another model goes live (a first model just published, its fine-tuned version, an
+    activation elsewhere): the running stream is reconfigured with it in one locked step."""
+    newest = common.active_model()
+    if (newest.ref if newest else starter.NAME) != shown:
+        st.rerun()
+
+
+follow_active_model(served.ref)
 
 live_tab, images_tab, video_tab = st.tabs(["Live", "Images", "Video file"])
 

@@ -86,7 +86,6 @@ def base_status(key: BaseKey) -> None:
         if status.get("state") == job.JobState.FAILED:
             st.warning(f"{title} could not be prepared: {status.get('error')}", icon=":material/error:")
             return
-        bases.remember(cfg, key)
         running = prepare.start_preparing_base(cfg, key)
     elapsed = time.time() - (job.folder_status(running).get("created") or time.time())
     st.info(
@@ -132,14 +131,10 @@ elif weights_choice == IMAGENET and not imagenet_weights_available(backbone, cfg
         "at once. Choose mini-Xception (pretrained on expressions, works offline) or supply a weights file.",
         icon=":material/wifi_off:",
     )
-elif weights_choice != "file":
-    base_status(
-        BaseKey(
-            backbone,
-            choice([48, 64, 96, 128, 160, 224], last.image_size, BACKBONES[backbone].image_size),
-            weights_choice,
-        )
-    )
+chosen_base = BaseKey(backbone, choice(SIZES, last.image_size, BACKBONES[backbone].image_size), weights_choice)
+if weights_choice != "file" and bases.obtainable(cfg, chosen_base):
+    bases.remember(cfg, chosen_base)  # samples saved from now on get this base's features
+    base_status(chosen_base)
 
 with st.form("train_settings"):
     left, right = st.columns(2)

@@ -8,7 +8,9 @@ stores them (slow: JPEG + fsync). The two threads share only this object, guarde
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -49,6 +51,9 @@ class BurstRequest:
             raise UserError(f"The interval must be {low}-{high:g} s and the countdown 0-{MAX_COUNTDOWN_S:g} s.")
 
 
+WRITER_NICENESS = 10
+
+
 class SampleWriter:
     """One background thread per process that stores crops, so frame callbacks never wait on disk."""
 
@@ -69,6 +74,10 @@ class SampleWriter:
         marker.wait(timeout)
 
     def _run(self) -> None:
+        # Below the frame callbacks: storing crops and computing their features may wait, the live stream may
+        # not (Linux schedules threads one by one, so this lowers only this thread).
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
         while True:
             samples, done = self._queue.get()
             try:

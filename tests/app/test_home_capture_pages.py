@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 from skimage import data
 
+from expr_core import atomic
 from expr_core.data.store import DatasetStore, NewSample
+from expr_core.jobs import folder as job
+from expr_core.jobs import runs
+from expr_core.train_config import TrainConfig
 from tests.app.conftest import open_page
 
 
@@ -90,3 +94,18 @@ def test_the_gallery_sets_whose_face_the_selected_samples_are(app, workspace):
     assert not app.exception
     people = sorted(str(s.who) for s in DatasetStore(workspace).samples())
     assert people == ["Ann", "Ann", "None"]
+
+
+def test_retrain_starts_a_run_with_the_last_settings(app, workspace):
+    """After labelling faces from the review queue, one button trains again with what the last run used."""
+    last = TrainConfig.for_backbone("mini-xception", epochs_2=3, seed=7).to_dict()
+    earlier, folder = runs.create_run(workspace, last)
+    atomic.write_json(folder / job.STATUS_FILE, {"job_id": earlier, "state": "done", "created": 1.0})
+    open_page(app, "pages/capture.py")
+    retrain = next(b for b in app.button if b.label == "Retrain")
+    retrain.click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    started = [r for r in runs.run_ids(workspace) if r != earlier]
+    assert len(started) == 1 and runs.run_config(workspace, started[0]) == last
+    job.wait(runs.run_dir(workspace, started[0]), timeout_s=60)  # an empty dataset: it fails at once, saying why
+    assert "no samples" in (runs.run_status(workspace, started[0]).get("error") or "")

@@ -31,6 +31,7 @@ def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a file should get what open() gives it
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -42,6 +43,14 @@ def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
         if is_disk_full(exc) and not isinstance(exc, DiskFull):
             raise disk_full(path) from exc
         raise
+
+
+def _umask() -> int:
+    """The process' umask (reading it means setting it: set back at once). A group-shared workspace (umask 002)
+    gets group-writable files, as with any other program."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(path: Path, data: bytes) -> None:

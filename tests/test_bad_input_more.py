@@ -18,13 +18,17 @@ import cv2
 import numpy as np
 import pytest
 
+from expr_core import atomic
 from expr_core.data.store import DatasetStore, NewSample
+from expr_core.data.transfer import ImportOptions, import_paths
+from expr_core.errors import InvalidLabel
 from expr_core.jobs import folder as job
 from expr_core.jobs import runs
 from expr_core.jobs.folder import JobError
 from expr_core.jobs.run_cli import import_keras
 from expr_core.jobs.video import job_dir, output_paths, start_video_job
 from expr_core.registry import Registry
+from expr_core.settings import Settings
 from tests.conftest import REPO, snapshot
 from tests.test_jobs import _fake_published_run
 from tests.test_train_split import TINY_ARGS, add_face_samples
@@ -175,3 +179,61 @@ def test_a_video_without_faces_is_processed_and_says_it_found_none(tiny_model, s
     video, table = output_paths(cfg.workspace / "videos" / job_id)
     assert video.stat().st_size > 0 and table.read_text().count("\n") == 1  # the header only
     assert not list(cfg.workspace.rglob(".tmp-*"))
+
+
+# -- labels that look alike, crafted sample ids, file modes (security review B12, B13, B16) -------------------
+@pytest.mark.parametrize(
+    "lookalike",
+    ["happy\ufe0f", "happy\u200b", "happy\u3164", "happy\u034f", "hap\u00adpy", "ｈａｐｐｙ", "HAPPY"],
+    ids=[
+        "variation-selector",
+        "zero-width-space",
+        "hangul-filler",
+        "grapheme-joiner",
+        "soft-hyphen",
+        "fullwidth",
+        "case",
+    ],
+)
+def test_a_label_that_looks_like_an_existing_one_is_refused(tmp_path, lookalike):
+    store = DatasetStore(tmp_path / "ws")
+    with pytest.raises(InvalidLabel, match="invisible characters|looks the same"):
+        store.add_label(lookalike)
+    assert store.labels() == ["happy", "sad"]
+
+
+def test_a_folder_named_like_a_label_imports_into_it(tmp_path, astronaut_bgr):
+    folder = tmp_path / "photos" / "ｈａｐｐｙ"
+    folder.mkdir(parents=True)
+    cv2.imwrite(str(folder / "a.jpg"), cv2.resize(astronaut_bgr[40:240, 150:350], (64, 64)))
+    store = DatasetStore(tmp_path / "ws")
+    report = import_paths(
+        store, [folder.parent], None, Settings(workspace=tmp_path / "ws"), ImportOptions(cropped=True)
+    )
+    assert report.added == {"happy": 1} and store.labels() == ["happy", "sad"]
+
+
+def test_a_crafted_sample_id_in_the_manifest_never_reaches_outside_the_dataset(tmp_path, astronaut_bgr):
+    store = DatasetStore(tmp_path / "ws")
+    (real,) = store.add_samples([NewSample("happy", "webcam", "s", image=astronaut_bgr[40:240, 150:350])])
+    outside = tmp_path / "precious.jpg"
+    outside.write_bytes(b"someone else's file")
+    crafted = os.path.relpath(outside.with_suffix(""), store.images_dir)  # ../../precious
+    line = json.loads(store.root.joinpath("manifest.jsonl").read_text().splitlines()[0]) | {"id": crafted}
+    with open(store.root / "manifest.jsonl", "a") as handle:
+        handle.write(json.dumps(line) + "\n")
+    assert [s.id for s in store.samples()] == [real.id]
+    assert store.delete_label("happy", delete_samples=True) == 1
+    assert outside.read_bytes() == b"someone else's file"
+
+
+@pytest.mark.parametrize("umask, mode", [(0o002, 0o664), (0o022, 0o644), (0o077, 0o600)])
+def test_written_files_follow_the_umask_so_a_group_can_share_a_workspace(tmp_path, umask, mode):
+    before = os.umask(umask)
+    try:
+        atomic.write_json(tmp_path / "state.json", {"ok": True})
+        DatasetStore(tmp_path / "ws").add_label("calm")
+    finally:
+        os.umask(before)
+    assert (tmp_path / "state.json").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "ws" / "dataset" / "labels.json").stat().st_mode & 0o777 == mode

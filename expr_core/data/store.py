@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
 import threading
 import time
@@ -116,6 +117,25 @@ def new_id() -> str:
     return f"{time.time_ns() // 1_000_000:x}{secrets.token_hex(4)}"
 
 
+# Unicode's Default_Ignorable_Code_Point ranges (DerivedCoreProperties.txt): invisible when shown, so a label
+# with one appended looks exactly like another label.
+_IGNORABLE = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F),
+    (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+)  # fmt: skip
+SAMPLE_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")  # what new_id makes (and what is safe as a file name)
+
+
+def _invisible(ch: str) -> bool:
+    return any(low <= ord(ch) <= high for low, high in _IGNORABLE)
+
+
+def looks_like(label: str) -> str:
+    """What a label looks like to a reader: compatibility forms (full-width letters, ligatures) and case folded."""
+    return unicodedata.normalize("NFKC", label).casefold()
+
+
 def validate_label(name: str, existing: Iterable[str] = ()) -> str:
     """The normalised label, or :class:`InvalidLabel` saying exactly what is wrong with it."""
     if not isinstance(name, str):
@@ -123,6 +143,10 @@ def validate_label(name: str, existing: Iterable[str] = ()) -> str:
     label = unicodedata.normalize("NFC", name).strip()
     if not label:
         raise InvalidLabel("A label cannot be empty.")
+    if any(_invisible(ch) for ch in label):
+        raise InvalidLabel(
+            f"{label!r} contains invisible characters (it would look like another label); type it again."
+        )
     if len(label) > MAX_LABEL_LEN:
         raise InvalidLabel(f"A label can have at most {MAX_LABEL_LEN} characters; {label[:20]!r}... has {len(label)}.")
     # Combining marks (category M*) are part of letters in Devanagari, Thai, Arabic, ... but cannot start a label.
@@ -134,8 +158,9 @@ def validate_label(name: str, existing: Iterable[str] = ()) -> str:
         )
     if label.lower() in RESERVED_LABELS:
         raise InvalidLabel(f"{label!r} is a reserved name; choose another.")
-    if any(label.casefold() == other.casefold() for other in existing):
-        raise InvalidLabel(f"There is already a label called {label!r}.")
+    same = [other for other in existing if looks_like(other) == looks_like(label)]
+    if same:
+        raise InvalidLabel(f"There is already a label called {same[0]!r}, which looks the same as {label!r}.")
     return label
 
 
@@ -216,9 +241,13 @@ class DatasetStore:
         samples = []
         for line in lines:
             try:  # each line decoded alone: one torn inside a multi-byte character must not hide the others
-                samples.append(Sample(**json.loads(line.decode("utf-8"))))
+                sample = Sample(**json.loads(line.decode("utf-8")))
             except (UnicodeDecodeError, json.JSONDecodeError, TypeError):
                 continue  # a line torn by a crash mid-append
+            # An id names the sample's files: one that is not ours (a hand-edited or crafted manifest) could
+            # point outside the dataset, so such a line is skipped like a torn one.
+            if isinstance(sample.id, str) and SAMPLE_ID.fullmatch(sample.id):
+                samples.append(sample)
         return samples
 
     def samples(self, label: str | None = None) -> list[Sample]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import tempfile
-import unicodedata
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from expr_core import atomic
-from expr_core.data.store import DatasetStore, NewSample, new_id, validate_label
+from expr_core.data.store import DatasetStore, NewSample, looks_like, new_id, validate_label
 from expr_core.errors import BadInput, DatasetError, InvalidLabel
 from expr_core.settings import Settings
 from expr_core.spreadsheet import safe_row
@@ -107,9 +106,9 @@ def _labels_needed(raws: list[RawImage], store: DatasetStore, options: ImportOpt
 
 
 def _folder_label(folder: str, labels: list[str]) -> str | None:
-    """The label a class folder stands for: equal after Unicode normalisation (macOS zips use NFD), any case."""
-    key = unicodedata.normalize("NFC", folder).strip().casefold()
-    return next((label for label in labels if label.casefold() == key), None)
+    """The label a class folder stands for: one that looks the same (macOS zips use NFD; any case or width)."""
+    key = looks_like(folder.strip())
+    return next((label for label in labels if looks_like(label) == key), None)
 
 
 def _to_samples(

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from expr_core import starter
 from expr_core.backbones import BACKBONES, limit_onednn_to_avx2, prepare_tensorflow
@@ -36,6 +37,22 @@ if TYPE_CHECKING:
 
 EXIT_PARTIAL = 1
 EXIT_BAD_INPUT = 2
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite number replaced by ``None``: JSON has no NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json(value: Any, indent: int | None = None) -> str:
+    """What every command prints with --json: valid JSON always (a broken model's NaN becomes null)."""
+    return json.dumps(_finite(value), indent=indent, allow_nan=False)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -86,8 +103,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"{name}: {entry['error'] or str(len(entry['faces'])) + ' face(s)'}")
     if args.json:
-        json.dump(results, sys.stdout, indent=2)
-        print()
+        print(_json(results, indent=2))
     timed = [r["detect_ms"] for r in results if "detect_ms" in r]
     if timed:
         print(f"{detector.name}: {len(timed)} image(s), {sum(timed) / len(timed):.1f} ms per image", file=sys.stderr)
@@ -120,7 +136,7 @@ def cmd_video(args: argparse.Namespace) -> int:
             schedule=ClassifySchedule(args.faces_per_frame, args.reads_per_second),
         )
         summary = annotate_video(Path(args.input), Path(args.output), pipeline, writer)
-    print(json.dumps(summary))
+    print(_json(summary))
     return 0
 
 
@@ -134,7 +150,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     settings = _settings(args)
     image = decode_image(read_file(Path(args.image)), args.image)
     faces = explain_image(Path(args.model), image, _detector(settings), settings, Path(args.out))
-    print(json.dumps({"image": args.image, "faces": faces}))
+    print(_json({"image": args.image, "faces": faces}))
     return 0
 
 
@@ -159,7 +175,7 @@ def cmd_dataset_import(args: argparse.Namespace) -> int:
     for name, reason in report.skipped:
         print(f"skipped {name}: {reason}", file=sys.stderr)
     summary = {"added": report.added, "skipped": len(report.skipped), "session": report.session}
-    print(json.dumps(summary) if args.json else f"added {report.total_added} sample(s): {report.added}")
+    print(_json(summary) if args.json else f"added {report.total_added} sample(s): {report.added}")
     return EXIT_PARTIAL if report.skipped or not report.total_added else 0
 
 
@@ -180,7 +196,7 @@ def cmd_dataset_stats(args: argparse.Namespace) -> int:
 
     stats = DatasetStore(_settings(args).workspace).stats()
     result = {"labels": stats, "total": sum(stats.values())}
-    print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in stats.items()))
+    print(_json(result) if args.json else "\n".join(f"{k}: {v}" for k, v in stats.items()))
     return 0
 
 
@@ -253,7 +269,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     result = run_worker(settings, run_id, lock_fd, echo=_print_progress)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(_json(result, indent=2))
     elif result["state"] == JobState.DONE:
         verdict = "" if result["usable"] else " (not usable, so not activated: see the warnings above)"
         print(f"{run_id}: val accuracy {result['val_accuracy']}, model {result['model_path']}{verdict}")
@@ -308,7 +324,7 @@ def _prepared(args: argparse.Namespace, prepare: Callable[[], Path]) -> int:
         folder = prepare()
         if writer:
             writer.status(state=JobState.DONE, finished=time.time(), folder=str(folder))
-    print(json.dumps({"folder": str(folder)}) if args.json else folder)
+    print(_json({"folder": str(folder)}) if args.json else folder)
     return 0
 
 
@@ -343,7 +359,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for item in report["skipped"]:
         print(f"skipped {item['file']}: {item['reason']}", file=sys.stderr)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(_json(report, indent=2))
     else:
         print(f"accuracy {report['accuracy']}, balanced accuracy {report['balanced_accuracy']} on {report['n']} images")
     return 0
@@ -366,17 +382,17 @@ def cmd_models(args: argparse.Namespace) -> int:
             raise UserError(f"Run {args.run_id} is not running.")
     elif action == "assemble":
         files = _assembled(settings, registry, args.run_id)
-        print(json.dumps({k: str(v) for k, v in files.items()}) if args.json else "\n".join(map(str, files.values())))
+        print(_json({k: str(v) for k, v in files.items()}) if args.json else "\n".join(map(str, files.values())))
         return 0
     elif action == "import":
         from expr_core.worker.convert import import_model
 
         run_id = import_model(registry.workspace, Path(args.path), _label_list(args.labels), quantize=args.quantize)
-        print(json.dumps({"run_id": run_id}) if args.json else run_id)
+        print(_json({"run_id": run_id}) if args.json else run_id)
         return 0
     runs = [r.to_dict() for r in registry.runs()]
     if args.json:
-        print(json.dumps(runs, indent=2))
+        print(_json(runs, indent=2))
     else:
         for r in runs:
             verdict = "  not usable" if r["usable"] is False else ""

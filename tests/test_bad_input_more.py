@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,12 +23,13 @@ from expr_core import atomic
 from expr_core.data.store import DatasetStore, NewSample
 from expr_core.data.transfer import ImportOptions, import_paths
 from expr_core.errors import InvalidLabel
+from expr_core.head import HeadWeights
 from expr_core.jobs import folder as job
 from expr_core.jobs import runs
 from expr_core.jobs.folder import JobError
 from expr_core.jobs.run_cli import import_keras
 from expr_core.jobs.video import job_dir, output_paths, start_video_job
-from expr_core.registry import Registry
+from expr_core.registry import ModelFiles, Registry
 from expr_core.settings import Settings
 from tests.conftest import REPO, snapshot
 from tests.test_jobs import _fake_published_run
@@ -237,3 +239,25 @@ def test_written_files_follow_the_umask_so_a_group_can_share_a_workspace(tmp_pat
         os.umask(before)
     assert (tmp_path / "state.json").stat().st_mode & 0o777 == mode
     assert (tmp_path / "ws" / "dataset" / "labels.json").stat().st_mode & 0o777 == mode
+
+
+def _strict_json(text: str):
+    def refuse(constant: str):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_model_that_answers_nan_still_gets_valid_json_from_detect(tiny_model, tmp_path, face_jpg, run_cli):
+    """Security review B7: `detect --json` printed NaN (not JSON) for a broken model's probabilities."""
+    folder = tmp_path / "broken-model"
+    shutil.copytree(Registry(tiny_model).model_dir(Registry(tiny_model).active_id()), folder)
+    files = ModelFiles(folder)
+    head = HeadWeights.load(files.head)
+    head.b2[:] = np.nan
+    head.save(files.head)
+    done = run_cli("detect", face_jpg, "--model", folder, "--detector", "haar", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (entry,) = _strict_json(done.stdout)
+    (face,) = entry["faces"]
+    assert set(face["probs"].values()) == {None}

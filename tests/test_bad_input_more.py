@@ -261,3 +261,26 @@ def test_a_model_that_answers_nan_still_gets_valid_json_from_detect(tiny_model, 
     (entry,) = _strict_json(done.stdout)
     (face,) = entry["faces"]
     assert set(face["probs"].values()) == {None}
+
+
+def test_the_browser_is_never_shown_a_traceback_or_a_file_path():
+    """Security review B10: an uncaught error showed its traceback, with server paths, in the browser."""
+    import tomllib
+
+    from streamlit import config
+    from streamlit.elements.exception import marshall
+    from streamlit.proto.Exception_pb2 import Exception as ExceptionProto
+
+    option = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())["client"]["showErrorDetails"]
+    before = config.get_option("client.showErrorDetails")
+    config.set_option("client.showErrorDetails", option)
+    try:
+        try:
+            open("/srv/secret/workspace/file.json")  # noqa: SIM115 - the error is the point
+        except OSError as exc:
+            proto = ExceptionProto()
+            marshall(proto, exc, apply_show_error_details=True)
+    finally:
+        config.set_option("client.showErrorDetails", before)
+    shown = f"{proto.message} {proto.message_is_markdown} {list(proto.stack_trace)}"
+    assert "/srv/secret" not in shown and not proto.stack_trace and proto.type == "FileNotFoundError"

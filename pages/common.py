@@ -165,15 +165,6 @@ def sample_writer() -> SampleWriter:
     return _writer_for(str(settings().workspace))
 
 
-def delete_all_data() -> None:
-    """Delete the workspace's dataset and review queue (the user confirmed on the Home page)."""
-    from expr_core.data.review import ReviewQueue
-
-    queue = ReviewQueue(settings().workspace)
-    queue.discard([item.id for item in queue.items()])
-    store().delete_all()
-
-
 @dataclass(frozen=True)
 class ServedModel:
     """What the Detect page serves: the active run's model, or the starter model when nothing is trained."""

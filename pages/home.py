@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from expr_core.erase import erase_workspace
 from expr_core.registry import Registry
 from pages import common
 
@@ -49,7 +50,11 @@ with st.expander("Privacy and your data"):
         confirm = st.text_input("Type DELETE to remove every sample, label, review item and model of this workspace")
         if st.form_submit_button("Delete all data", type="primary"):
             if confirm.strip() == "DELETE":
-                common.delete_all_data()
-                st.success("All data of this workspace was deleted.")
+                with common.user_errors():
+                    erased = erase_workspace(common.store(), common.settings().workspace)
+                    st.success(
+                        f"Deleted {erased.samples} samples, the labels, {erased.review_items} review items, "
+                        f"{erased.runs} runs with their models and {erased.videos} video jobs."
+                    )
             else:
                 st.error("Nothing deleted: type DELETE to confirm.")

@@ -22,7 +22,8 @@ import pytest
 from expr_core import atomic
 from expr_core.data.store import DatasetStore, NewSample
 from expr_core.data.transfer import ImportOptions, import_paths
-from expr_core.errors import InvalidLabel
+from expr_core.erase import erase_workspace
+from expr_core.errors import InvalidLabel, UserError
 from expr_core.head import HeadWeights
 from expr_core.jobs import folder as job
 from expr_core.jobs import runs
@@ -284,3 +285,18 @@ def test_the_browser_is_never_shown_a_traceback_or_a_file_path():
         config.set_option("client.showErrorDetails", before)
     shown = f"{proto.message} {proto.message_is_markdown} {list(proto.stack_trace)}"
     assert "/srv/secret" not in shown and not proto.stack_trace and proto.type == "FileNotFoundError"
+
+
+def test_delete_all_data_refuses_while_a_training_runs_and_deletes_nothing(tmp_path, astronaut_bgr):
+    """Review A2: "Delete all data" removes models too now, so it must not pull them from under a worker."""
+    workspace = tmp_path / "ws"
+    store = DatasetStore(workspace)
+    store.add_samples([NewSample("happy", "webcam", "s", image=astronaut_bgr[40:240, 150:350])])
+    run_id, folder = runs.create_run(workspace, {})
+    writer = job.JobWriter(folder)  # this process plays the running worker
+    try:
+        with pytest.raises(UserError, match="Nothing deleted: training run .* is still going on"):
+            erase_workspace(store, workspace)
+    finally:
+        writer.close()
+    assert len(store.samples()) == 1 and runs.run_ids(workspace) == [run_id]

@@ -6,9 +6,12 @@ import numpy as np
 from skimage import data
 
 from expr_core import atomic
+from expr_core.data.review import ReviewQueue
 from expr_core.data.store import DatasetStore, NewSample
 from expr_core.jobs import folder as job
-from expr_core.jobs import runs
+from expr_core.jobs import runs, video
+from expr_core.live.pipeline import FaceReading
+from expr_core.registry import Registry
 from expr_core.train_config import TrainConfig
 from tests.app.conftest import open_page
 
@@ -62,7 +65,18 @@ def test_record_without_label_is_refused_with_a_message(app, workspace):
 
 
 def test_delete_all_data_needs_the_confirmation_word(app, workspace):
+    """It says it removes every sample, label, review item and model: it does (and video jobs, which show faces)."""
     _add(workspace, "happy", 2)
+    reading = FaceReading(1, (0, 0, 32, 32), "happy", 0.55, {"happy": 0.55, "sad": 0.45})
+    assert ReviewQueue(workspace).add(np.zeros((32, 32, 3), np.uint8), reading, "someone")
+    run_id, folder = runs.create_run(workspace, {"backbone": "earlier"})
+    (folder / "model").mkdir()
+    (folder / "model" / "model.tflite").write_bytes(b"model learnt from the faces")
+    atomic.write_json(folder / "model" / "labels.json", ["happy", "sad"])
+    atomic.write_json(folder / job.STATUS_FILE, {"job_id": run_id, "state": "done", "created": 1.0})
+    Registry(workspace).activate(run_id)
+    video_job = job.create_job(video.videos_dir(workspace), "video")
+    atomic.write_json(video_job / job.STATUS_FILE, {"job_id": video_job.name, "state": "done", "created": 1.0})
     app.run()
     form_input = next(t for t in app.text_input if t.label.startswith("Type DELETE"))
     form_input.input("yes")
@@ -75,8 +89,12 @@ def test_delete_all_data_needs_the_confirmation_word(app, workspace):
     form_input.input("DELETE")
     next(b for b in app.button if b.label == "Delete all data").click()
     app.run()
+    assert not app.exception, [e.value for e in app.exception]
     assert DatasetStore(workspace).stats() == {"happy": 0, "sad": 0}
     assert list((workspace / "dataset" / "images").glob("*.jpg")) == []
+    assert ReviewQueue(workspace).items() == [] and runs.run_ids(workspace) == []
+    assert Registry(workspace).active_id() is None and video.video_jobs(workspace) == []
+    assert any("1 runs with their models and 1 video jobs" in s.value for s in app.success)
 
 
 def test_the_gallery_sets_whose_face_the_selected_samples_are(app, workspace):

@@ -65,8 +65,11 @@ with right:
             request = BurstRequest(label or "", 1, BurstRequest.interval_s, 0.0, largest, common.user_name())
             request.validate(labels)
             recorder.start(request)
-    if stop_col.button("Stop", icon=":material/stop:", width="stretch"):
+    if stop_col.button(
+        "Stop burst", icon=":material/stop:", width="stretch", help="Stop recording (the camera stays on)"
+    ):
         recorder.stop()
+    st.caption("The number on a face's box is how sure the detector is that it is a face.")
 
     shown_saved = sum(recorder.status().saved.values())  # what the gallery below shows
 

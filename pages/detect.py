@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -248,7 +249,8 @@ with video_tab:
 
     def show_video_job(job_id: str, status: dict) -> None:
         folder = job_dir(cfg.workspace, job_id)
-        st.write(f"**{status.get('name', job_id)}** · {status['state']}")
+        started = time.strftime("%d %b %H:%M:%S", time.localtime(status.get("created") or 0))
+        st.write(f"**{status.get('name', job_id)}** · {status['state']} · started {started}")  # same names differ
         if status["state"] in ACTIVE_STATES:
             total = status.get("total_frames") or 0
             done = status.get("frames", 0)

@@ -194,7 +194,7 @@ def annotate_capture_frame(frame: np.ndarray, faces: list[Face], recorder: Recor
     recorder.on_frame(frame, faces)
     status = recorder.status()
     for face in faces:
-        draw_face(frame, face, RED if status.phase == "recording" else GREEN, f"{face.score:.2f}")
+        draw_face(frame, face, RED if status.phase == "recording" else GREEN, f"face {face.score:.0%}")
     if status.phase == "countdown":
         draw_countdown(frame, status.countdown_left)
         draw_banner(frame, f"Get ready: {status.label}", GREEN)

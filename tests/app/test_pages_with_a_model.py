@@ -7,10 +7,13 @@ import shutil
 import cv2
 import pytest
 
+from expr_core import atomic
 from expr_core.data.review import ReviewQueue
 from expr_core.data.store import DatasetStore
+from expr_core.jobs import folder as job
+from expr_core.jobs import video
 from expr_core.live.pipeline import EVERY_FACE, FaceReading
-from expr_core.registry import Registry
+from expr_core.registry import ModelFiles, Registry
 from tests.app.conftest import open_page
 
 
@@ -108,3 +111,29 @@ def test_review_queue_items_are_labelled_into_the_dataset(app, workspace_with_mo
     after = DatasetStore(workspace_with_model).stats()
     assert after["sad"] == before["sad"] + 1 and len(queue.items()) == 1
     assert DatasetStore(workspace_with_model).samples("sad")[-1].source == "review"
+
+
+def test_video_jobs_of_the_same_file_are_told_apart_by_their_start_time(app, workspace_with_model):
+    """Review C9: two jobs of clip.mp4 were listed identically."""
+    for created in (1_700_000_000.0, 1_700_000_600.0):
+        folder = job.create_job(video.videos_dir(workspace_with_model), "video", name="clip.mp4")
+        atomic.write_json(
+            folder / job.STATUS_FILE, {**job.read_status(folder), "state": "cancelled", "created": created}
+        )
+    open_page(app, "pages/detect.py")
+    shown = [m.value for m in app.markdown if "clip.mp4" in m.value]
+    assert len(shown) == 2 and len(set(shown)) == 2, shown
+    assert all("started" in text for text in shown)
+
+
+def test_a_first_model_gets_its_downloads_put_together_on_request(app, workspace_with_model):
+    registry = Registry(workspace_with_model)
+    (run,) = registry.runs()
+    assert ModelFiles(registry.model_dir(run.run_id)).is_head_model and registry.files(run.run_id) == {}
+    open_page(app, "pages/models.py")
+    assert not list(app.get("download_button"))  # nothing to download yet
+    next(b for b in app.button if b.label == "Prepare downloads").click()
+    app.run(timeout=600)
+    assert not app.exception, [e.value for e in app.exception]
+    assert set(registry.files(run.run_id)) == {"keras", "tflite"}
+    assert {b.proto.label for b in app.get("download_button")} == {"Download .keras", "Download TFLite"}

@@ -176,30 +176,17 @@ with live_tab:
 
 with images_tab:
     uploads = st.file_uploader("Images", type=["jpg", "jpeg", "png", "bmp", "webp"], accept_multiple_files=True)
-    rows = []
+    rows, shown = [], []
     for upload in uploads or []:
         try:
             image = decode_image(upload.getvalue(), upload.name)
         except UserError as exc:
             st.error(str(exc))
             continue
-        readings = ExpressionPipeline(
-            detector, classifier, cfg.crop_margin, smoothing_s=0, detect_side=None, schedule=EVERY_FACE
+        readings = ExpressionPipeline(  # a still photo: every face, full size, no live frame-rate banner
+            detector, classifier, cfg.crop_margin, smoothing_s=0, detect_side=None, schedule=EVERY_FACE, meter=False
         ).process(image)
-        st.image(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), caption=f"{upload.name}: {len(readings)} face(s)")
-        if (
-            readings
-            and not served.is_starter
-            and st.toggle("Why? Show what drove each prediction", key=f"why-{upload.name}")
-        ):
-            with common.user_errors():
-                for face in explain(upload.getvalue(), upload.name, served.ref):
-                    crop_col, heat_col, text_col = st.columns([1, 1, 2])
-                    crop_col.image(face["crop_png"], caption="face")
-                    heat_col.image(face["heat_png"], caption="heat map (red: most important)")
-                    text_col.write(
-                        f"**{face['label']}** · " + ", ".join(f"{k} {v:.0%}" for k, v in face["probs"].items())
-                    )
+        shown.append((upload, image, readings))
         rows += [
             {
                 "image": safe_cell(upload.name),
@@ -221,7 +208,24 @@ with images_tab:
             "text/csv",
             icon=":material/download:",
         )
-    elif uploads:
+    grid = st.columns(3)
+    for n, (upload, image, readings) in enumerate(shown):
+        with grid[n % 3]:
+            st.image(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), caption=f"{upload.name}: {len(readings)} face(s)")
+            if (
+                readings
+                and not served.is_starter
+                and st.toggle("Why? Show what drove each prediction", key=f"why-{upload.name}")
+            ):
+                with common.user_errors():
+                    for face in explain(upload.getvalue(), upload.name, served.ref):
+                        st.image(
+                            [face["crop_png"], face["heat_png"]], caption=["face", "heat map (red: most important)"]
+                        )
+                        st.write(
+                            f"**{face['label']}** · " + ", ".join(f"{k} {v:.0%}" for k, v in face["probs"].items())
+                        )
+    if uploads and not rows:
         st.info("No faces were found in these images.")
 
 with video_tab:

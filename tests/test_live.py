@@ -7,6 +7,7 @@ import numpy as np
 from expr_core.live.pipeline import (
     EVERY_FACE,
     ClassifySchedule,
+    ExpressionPipeline,
     FaceTracker,
     FrameStats,
     Track,
@@ -16,6 +17,7 @@ from expr_core.live.pipeline import (
     label_color,
 )
 from expr_core.vision.faces import Face
+from expr_core.vision.overlay import UNCLASSIFIED, draw_face
 
 HAPPY, SAD = np.array([0.9, 0.1]), np.array([0.1, 0.9])
 
@@ -129,7 +131,7 @@ def test_frame_stats_and_caption():
         stats.add(i / 30, 0.010)
     assert abs(stats.fps - 30) < 1e-6 and abs(stats.latency_ms - 10) < 1e-9
     assert banner_text(stats) == "30.0 fps    10 ms"
-    assert caption("happy", 0.87) == "happy 87% ####-"
+    assert caption("happy", 0.87) == "happy 87%"
 
 
 def test_every_label_of_a_model_has_its_own_colour():
@@ -179,3 +181,55 @@ def test_activating_a_model_with_other_labels_while_streaming_resets_the_tracks(
     assert pipeline.tracker._tracks and pipeline.schedule == ClassifySchedule(1)
     pipeline.configure(None, 0.0, EVERY_FACE, None)
     assert pipeline.process(frame, now=0.1) == []
+
+
+# -- what the overlay draws (review C4-C6) -------------------------------------------------------------------
+def _colour_pixels(frame: np.ndarray, colour: tuple[int, int, int]) -> int:
+    return int(np.count_nonzero(np.all(frame == colour, axis=2)))
+
+
+LABEL_BGR = (60, 180, 75)
+
+
+def _drawn(box: tuple[int, int, int, int], keep_clear: int = 0, confidence: float | None = 0.9) -> np.ndarray:
+    frame = np.zeros((480, 640, 3), np.uint8)
+    text = caption("surprise", confidence) if confidence is not None else None
+    draw_face(frame, Face(box, 0.9), LABEL_BGR, text, confidence, keep_clear)
+    return frame
+
+
+def _caption_pixels(box: tuple[int, int, int, int], keep_clear: int = 0) -> int:
+    """Pixels of the caption's colour beyond the box's own."""
+    return _colour_pixels(_drawn(box, keep_clear), LABEL_BGR) - _colour_pixels(_drawn(box, confidence=None), LABEL_BGR)
+
+
+def test_a_caption_stays_whole_at_the_right_edge_and_under_the_banner():
+    """Review C5: 'happy 50% ###-' was cut off at the right edge, and hidden under the fps banner at the top."""
+    whole = _caption_pixels((300, 200, 100, 100))
+    assert whole > 1000
+    # the same caption at the right edge, and just below a 40-row banner (it would have been under it)
+    for box, clear in (((560, 200, 60, 100), 0), ((300, 45, 100, 100), 40)):
+        assert abs(_caption_pixels(box, clear) - whole) <= 0.05 * whole, box
+    assert _colour_pixels(_drawn((300, 45, 100, 100), keep_clear=40)[:40], LABEL_BGR) == 0
+
+
+def test_the_confidence_bar_is_drawn_and_grows_with_confidence():
+    sure, unsure = _drawn((300, 200, 100, 100), confidence=1.0), _drawn((300, 200, 100, 100), confidence=0.2)
+    assert _colour_pixels(sure, (255, 255, 255)) > _colour_pixels(unsure, (255, 255, 255)) + 50
+
+
+def test_a_face_not_read_yet_looks_unlike_every_label():
+    """Review C4: the 'not classified yet' green was within 20 of the happy colour."""
+    labels = [f"l{i}" for i in range(6)]
+    for label in labels:
+        colour = np.array(label_color(label, labels))
+        assert np.abs(colour - np.array(UNCLASSIFIED)).max() > 60, label
+
+
+def test_still_photos_get_no_frame_rate_banner(haar, astronaut_bgr):
+    """Review C6: uploaded photos carried the live '-- fps -- ms' banner."""
+    photo, live = astronaut_bgr.copy(), astronaut_bgr.copy()
+    ExpressionPipeline(haar, None, detect_side=None, schedule=EVERY_FACE, meter=False).process(photo)
+    ExpressionPipeline(haar, None).process(live)
+    grey = (60, 60, 60)
+    assert _colour_pixels(photo[:20], grey) == 0 and _colour_pixels(live[:20], grey) > 20 * 400

@@ -22,7 +22,7 @@ import numpy as np
 
 from expr_core.serving import Predictor
 from expr_core.vision.faces import Face, FaceDetector, crop_face, detect_downscaled
-from expr_core.vision.overlay import GREEN, draw_banner, draw_face
+from expr_core.vision.overlay import UNCLASSIFIED, banner_height, draw_banner, draw_face
 
 # Live streams and video files: detect on at most this long side (a 640x480 webcam frame: 480x360) ...
 STREAM_DETECT_SIDE = 480
@@ -169,9 +169,8 @@ def banner_text(stats: FrameStats) -> str:
 
 
 def caption(label: str, confidence: float) -> str:
-    """``happy 87% ####-`` — a label with a small text bar, readable at a glance on video."""
-    filled = int(round(confidence * 5))
-    return f"{label} {confidence:.0%} " + "#" * filled + "-" * (5 - filled)
+    """``happy 87%``: the label and its confidence (a drawn bar beside it shows the confidence at a glance)."""
+    return f"{label} {confidence:.0%}"
 
 
 class ExpressionPipeline:
@@ -191,7 +190,9 @@ class ExpressionPipeline:
         clock: Callable[[], float] = time.monotonic,
         detect_side: int | None = STREAM_DETECT_SIDE,
         schedule: ClassifySchedule = ClassifySchedule(),
+        meter: bool = True,
     ) -> None:
+        self.meter = meter  # the fps/latency banner: for streams, not for still photos
         self.detector = detector
         self.classifier = classifier
         self.margin = margin
@@ -263,18 +264,18 @@ class ExpressionPipeline:
 
     def _draw(self, frame: np.ndarray, tracks: list[Track], readings: list[FaceReading]) -> None:
         by_track = {reading.track_id: reading for reading in readings}
+        banner = banner_text(self.stats)
+        clear = banner_height(frame, banner) if self.meter else 0
         for track in tracks:
             reading = by_track.get(track.id)
             if reading is None:  # not classified yet (or no model): a plain box
-                draw_face(frame, track.face, GREEN)
+                draw_face(frame, track.face, UNCLASSIFIED)
             else:
-                draw_face(
-                    frame,
-                    track.face,
-                    label_color(reading.label, list(reading.probs)),
-                    caption(reading.label, reading.confidence),
-                )
-        draw_banner(frame, banner_text(self.stats), (60, 60, 60))
+                color = label_color(reading.label, list(reading.probs))
+                text = caption(reading.label, reading.confidence)
+                draw_face(frame, track.face, color, text, reading.confidence, keep_clear=clear)
+        if self.meter:
+            draw_banner(frame, banner, (60, 60, 60))
 
 
 _PALETTE = [(60, 180, 75), (200, 130, 0), (48, 48, 230), (180, 30, 145), (0, 190, 255), (128, 128, 0)]

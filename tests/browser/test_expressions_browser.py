@@ -43,7 +43,7 @@ from expr_core.jobs import runs
 from expr_core.live.pipeline import label_color
 from expr_core.registry import Registry
 from expr_core.train_config import TrainConfig
-from expr_core.vision.overlay import GREEN
+from expr_core.vision.overlay import UNCLASSIFIED
 from tests.waiting import holds_for, wait_for
 
 from .conftest import (
@@ -179,8 +179,7 @@ def camera_page(pw, clip: Path, artifacts: Path, name: str) -> Iterator:
 
 # -- reading the overlay's label colours ------------------------------------------------------------
 # Each pixel within ``tol`` (on every channel) of a target colour counts for the NEAREST target only: the plain
-# green box of a face not yet classified (GREEN) lies within 20 of the first palette colour, and must not count as
-# that label. Also the share of the top ``band`` rows that look like the status banner.
+# box of a face not yet classified (UNCLASSIFIED) must not count as a label. Also the share of the top ``band`` rows that look like the status banner.
 NEAREST_COLORS_JS = """(video, [targets, tol, band, bandRgb, bandTol]) => {
     const canvas = document.createElement('canvas');
     canvas.width = video.videoWidth; canvas.height = video.videoHeight;
@@ -209,7 +208,7 @@ def rgb(bgr: tuple[int, int, int]) -> tuple[int, int, int]:
 
 def overlay_targets(labels: list[str]) -> list[tuple[int, int, int]]:
     """RGB targets: each label's overlay colour (in the model's label order), then the plain (unclassified) box."""
-    return [rgb(label_color(label, labels)) for label in labels] + [rgb(GREEN)]
+    return [rgb(label_color(label, labels)) for label in labels] + [rgb(UNCLASSIFIED)]
 
 
 def raw_counts(frame_bgr: np.ndarray, targets: list[tuple[int, int, int]], tol: int = 40) -> list[int]:

@@ -120,6 +120,9 @@ def model_ready(status: dict[str, Any]) -> None:
         st.page_link("pages/detect.py", label="Try it on Detect", icon=":material/face:")
 
 
+CELL_PX = 70
+
+
 def confusion_heatmap(report: dict[str, Any]) -> alt.Chart:
     labels = report["labels"]
     cells = [
@@ -127,10 +130,15 @@ def confusion_heatmap(report: dict[str, Any]) -> alt.Chart:
         for i, row in enumerate(report["confusion_matrix"])
         for j, n in enumerate(row)
     ]
-    base = alt.Chart(pd.DataFrame(cells)).encode(x=alt.X("predicted:N", sort=labels), y=alt.Y("true:N", sort=labels))
+    # Square cells of CELL_PX, labels written level: two labels once gave two 18 px rows with rotated names.
+    axis = alt.Axis(labelAngle=0, labelLimit=160)
+    base = alt.Chart(pd.DataFrame(cells)).encode(
+        x=alt.X("predicted:N", sort=labels, axis=axis), y=alt.Y("true:N", sort=labels, axis=axis)
+    )
     heat = base.mark_rect().encode(color=alt.Color("count:Q", scale=alt.Scale(scheme="blues")))
     text = base.mark_text(fontSize=16).encode(text="count:Q")
-    return (heat + text).properties(title="Confusion matrix (validation)", height=80 + 50 * len(labels))
+    side = CELL_PX * len(labels)
+    return (heat + text).properties(title="Confusion matrix (validation)", width=side, height=side)
 
 
 def verdict(run: RunInfo) -> None:
@@ -181,7 +189,7 @@ def evaluation(registry: Registry, run_id: str, store: DatasetStore) -> None:
     if report.get("split"):
         st.caption(split_caption(report["split"], report.get("imbalance")))
     left, right = st.columns(2)
-    left.altair_chart(confusion_heatmap(report), width="stretch")
+    left.altair_chart(confusion_heatmap(report), width="content")
     per_class = pd.DataFrame(report["per_class"]).T.reset_index(names="label")
     right.dataframe(per_class, hide_index=True)
     if report.get("per_person"):

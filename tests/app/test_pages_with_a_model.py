@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import cv2
@@ -14,6 +15,7 @@ from expr_core.jobs import folder as job
 from expr_core.jobs import video
 from expr_core.live.pipeline import EVERY_FACE, FaceReading
 from expr_core.registry import ModelFiles, Registry
+from pages import report
 from tests.app.conftest import open_page
 
 
@@ -137,3 +139,14 @@ def test_a_first_model_gets_its_downloads_put_together_on_request(app, workspace
     assert not app.exception, [e.value for e in app.exception]
     assert set(registry.files(run.run_id)) == {"keras", "tflite"}
     assert {b.proto.label for b in app.get("download_button")} == {"Download .keras", "Download TFLite"}
+
+
+def test_the_confusion_matrix_has_square_cells_and_level_labels(app, workspace_with_model):
+    """Review C7: two rows about 18 px high, with rotated axis labels."""
+    open_page(app, "pages/train.py")
+    (chart,) = [c for c in app.get("vega_lite_chart") if "Confusion matrix" in c.proto.spec]
+    spec = json.loads(chart.proto.spec)
+    assert spec["width"] == spec["height"] >= 2 * report.CELL_PX
+    for layer in spec["layer"]:
+        for channel in ("x", "y"):
+            assert layer["encoding"][channel]["axis"]["labelAngle"] == 0

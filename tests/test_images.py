@@ -181,3 +181,16 @@ def test_zip_disguised_as_jpg_is_read_as_zip(tmp_path, astronaut_jpeg, zip_bytes
     (tmp_path / "photos.jpg").write_bytes(zip_bytes({"happy/a.jpg": astronaut_jpeg}))
     [raw] = iter_path_images(tmp_path / "photos.jpg")
     assert raw.folder == "happy" and raw.data == astronaut_jpeg
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tiff"])
+def test_16_bit_grayscale_images_keep_their_tones(suffix):
+    """Review B4: 16-bit grayscale PNG and TIFF decoded as all white (stored as white samples with --cropped)."""
+    ramp = np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (64, 1))  # black to white, left to right
+    ok, data = cv2.imencode(suffix, ramp)
+    assert ok
+    image = decode_image(data.tobytes(), f"scan{suffix}")
+    assert image.dtype == np.uint8 and image.shape == (64, 256, 3)
+    row = image[32, :, 0].astype(int)
+    assert row[0] <= 2 and row[-1] >= 253 and abs(row[128] - 128) <= 2  # the ramp survived
+    assert np.all(np.diff(row) >= 0)

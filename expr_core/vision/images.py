@@ -37,6 +37,20 @@ class RawImage:
     folder: str | None
 
 
+def _rgb8(img: Image.Image) -> np.ndarray:
+    """8-bit RGB of any mode. Pillow's own conversion clips 16-bit grayscale (PNG, TIFF: mode I or I;16) and
+    float images at 255, so a scan or a camera's raw export came out all white; those are scaled instead."""
+    if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
+        return np.asarray(img.convert("RGB"))
+    values = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":  # floats: 0..1 when they fit there, else whatever range they have
+        top = 1.0 if values.max(initial=0) <= 1.0 else max(values.max(initial=0), 1.0)
+    else:  # 16-bit samples (mode I holds them as 32-bit integers)
+        top = 65535.0 if values.max(initial=0) <= 65535 else float(values.max())
+    gray = np.clip(np.rint(values / top * 255), 0, 255).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
 def decode_image(data: bytes, name: str) -> np.ndarray:
     """Decode image bytes to a BGR uint8 array, refusing empty, corrupt, truncated or huge images."""
     if not data:
@@ -50,7 +64,7 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
                 )
             img.load()
             # Phone photos store "rotate me" in EXIF; without this a portrait selfie is decoded sideways.
-            rgb = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+            rgb = _rgb8(ImageOps.exif_transpose(img))
     except BadInput:
         raise
     except Image.DecompressionBombError as exc:  # Pillow refuses far larger images itself, in Image.open

@@ -194,3 +194,54 @@ def test_16_bit_grayscale_images_keep_their_tones(suffix):
     row = image[32, :, 0].astype(int)
     assert row[0] <= 2 and row[-1] >= 253 and abs(row[128] - 128) <= 2  # the ramp survived
     assert np.all(np.diff(row) >= 0)
+
+
+def _zip_with_one_photo(astronaut_jpeg: bytes, method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=method) as zf:
+        zf.writestr("happy/a.jpg", astronaut_jpeg)
+    return out.getvalue()
+
+
+def _patched(data: bytes, flags: int | None = None, method: int | None = None) -> bytes:
+    """The archive with its member's flag bits and compression method changed in both headers."""
+    patched = bytearray(data)
+    for signature, flag_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = patched.index(signature)
+        if flags is not None:
+            patched[at + flag_at : at + flag_at + 2] = flags.to_bytes(2, "little")
+        if method is not None:
+            patched[at + flag_at + 2 : at + flag_at + 4] = method.to_bytes(2, "little")
+    return bytes(patched)
+
+
+def _corrupted(data: bytes) -> bytes:
+    """The member's compressed bytes overwritten in the middle (its headers intact)."""
+    broken = bytearray(data)
+    start = broken.index(b"PK\x03\x04") + 30 + len("happy/a.jpg")
+    broken[start + 100 : start + 400] = bytes(range(256)) + bytes(44)
+    return bytes(broken)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: _patched(d, flags=0x1), "is encrypted"),
+        (lambda d: _patched(d, method=99), "compression method 99"),
+        (_corrupted, "cannot be read"),
+    ],
+    ids=["encrypted", "unknown-method", "corrupt-data"],
+)
+def test_zip_members_that_cannot_be_read_are_refused_with_a_message(astronaut_jpeg, make, message):
+    """Review B2: these crashed the import with a traceback, in the CLI and in the browser."""
+    data = make(_zip_with_one_photo(astronaut_jpeg))
+    with pytest.raises(BadInput, match=message):
+        list(iter_zip_images(data, "team.zip"))
+
+
+def test_a_zip_with_an_unreadable_member_imports_nothing_and_says_why(tmp_path, astronaut_jpeg, run_cli):
+    archive = tmp_path / "team.zip"
+    archive.write_bytes(_corrupted(_zip_with_one_photo(astronaut_jpeg)))
+    done = run_cli("dataset", "import", "--workspace", tmp_path / "ws", "--label", "happy", "--cropped", archive)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "cannot be read" in done.stderr and not (tmp_path / "ws" / "dataset" / "manifest.jsonl").exists()

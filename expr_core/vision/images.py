@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import stat
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -82,12 +83,24 @@ def is_image_name(name: str) -> bool:
     return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
 
 
+READABLE_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+
+
 def _check_member(info: zipfile.ZipInfo, archive: str) -> None:
     path = PurePosixPath(info.filename)
     if not path.parts or info.filename.startswith(("/", "\\")) or ".." in path.parts or ":" in path.parts[0]:
         raise BadInput(f"{archive}: member {info.filename!r} points outside the archive; refusing the whole archive.")
     if stat.S_ISLNK(info.external_attr >> 16):
         raise BadInput(f"{archive}: member {info.filename!r} is a link; refusing the whole archive.")
+    if info.flag_bits & 0x1:
+        raise BadInput(
+            f"{archive}: member {info.filename!r} is encrypted (password-protected); zip it without a password."
+        )
+    if info.compress_type not in READABLE_METHODS:
+        raise BadInput(
+            f"{archive}: member {info.filename!r} uses compression method {info.compress_type}, which this app cannot "
+            "read; zip it again with the usual method (deflate)."
+        )
     if info.file_size > MAX_FILE_BYTES:
         raise BadInput(f"{archive}: member {info.filename!r} is {info.file_size:,} bytes, over the per-file limit.")
     if info.compress_size and info.file_size / info.compress_size > MAX_ZIP_RATIO:
@@ -124,8 +137,19 @@ def iter_zip_images(data: bytes, archive: str) -> Iterator[RawImage]:
         parent = PurePosixPath(info.filename).parent.name or None
         try:
             content = zf.read(info)
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
-            raise BadInput(f"{archive}: member {info.filename!r} cannot be read ({exc}).") from exc
+        except (
+            zipfile.BadZipFile,
+            OSError,
+            ValueError,
+            EOFError,
+            RuntimeError,
+            NotImplementedError,
+            zlib.error,
+        ) as exc:
+            # corrupt data (a bad CRC, a broken deflate stream), or what the checks above could not see
+            raise BadInput(
+                f"{archive}: member {info.filename!r} cannot be read ({exc}); nothing was imported."
+            ) from exc
         yield RawImage(f"{archive}/{info.filename}", content, parent)
 
 

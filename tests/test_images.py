@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import stat
 import zipfile
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -245,3 +247,20 @@ def test_a_zip_with_an_unreadable_member_imports_nothing_and_says_why(tmp_path, 
     done = run_cli("dataset", "import", "--workspace", tmp_path / "ws", "--label", "happy", "--cropped", archive)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "cannot be read" in done.stderr and not (tmp_path / "ws" / "dataset" / "manifest.jsonl").exists()
+
+
+def test_special_files_are_refused_at_once(tmp_path):
+    """Review B11: a FIFO named x.jpg hung the import; /dev/zero read until memory ran out."""
+    fifo = tmp_path / "x.jpg"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        with pytest.raises(BadInput, match="not a regular file"):
+            read_file(path)
+
+
+def test_a_file_is_never_read_past_the_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(images, "MAX_FILE_BYTES", 1000)
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\\xff" * 1001)
+    with pytest.raises(BadInput, match="more than the 1,000-byte limit"):
+        read_file(big)

@@ -161,13 +161,21 @@ def read_file(path: Path) -> bytes:
         raise BadInput(f"{path}: a broken link.")
     if path.is_dir():
         raise BadInput(f"{path}: a folder, not an image file.")
+    limit = MAX_ZIP_TOTAL_BYTES if path.suffix.lower() == ".zip" else MAX_FILE_BYTES
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES and path.suffix.lower() != ".zip":
-            raise BadInput(f"{path}: {size:,} bytes is over the {MAX_FILE_BYTES:,}-byte limit for one image.")
-        return path.read_bytes()
+        # A FIFO would block the read forever and /dev/zero never ends: regular files only, and never more
+        # than the limit, whatever the size the file system reports.
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise BadInput(f"{path}: not a regular file (a device, pipe or socket); name an image file.")
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
     except OSError as exc:
         raise BadInput(f"{path}: cannot be read ({exc.strerror or exc}).") from exc
+    if len(data) > limit:
+        raise BadInput(
+            f"{path}: more than the {limit:,}-byte limit for one {'archive' if limit != MAX_FILE_BYTES else 'image'}."
+        )
+    return data
 
 
 def iter_path_images(path: Path) -> Iterator[RawImage]:

@@ -9,7 +9,7 @@ import streamlit as st
 from pages import common
 
 st.set_page_config(page_title="Facial Expression Studio", page_icon=":material/mood:", layout="wide")
-common.require_access()
+allowed = common.has_access()
 
 PAGES = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
@@ -19,6 +19,12 @@ PAGES = [
     st.Page("pages/detect.py", title="Detect", icon=":material/mood:"),
 ]
 
+if not allowed:
+    # The login is a page of its own, so navigation runs even before it: until st.navigation has run once,
+    # Streamlit lists every file of pages/ (helper modules included) in a fresh server's sidebar.
+    login = st.navigation([st.Page(common.login, title="Log in", url_path="login")], position="hidden")
+    common.mark_navigation_ready()
+    login.run()  # the login form; it stops the script
 page = st.navigation(PAGES)
 common.mark_navigation_ready()
 common.follow_deep_link()

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import streamlit as st
 
@@ -74,23 +74,29 @@ def secret(name: str) -> str | None:
     return str(value) if value else None
 
 
-def require_access() -> None:
-    """Stop the script unless the visitor may use the app.
+def _team_password() -> str | None:
+    return secret("team_password") or os.environ.get("EXPR_TEAM_PASSWORD")
+
+
+def has_access() -> bool:
+    """Whether the visitor may use the app (nothing is drawn).
 
     Off by default (a local app needs no login). With an ``[auth]`` section in secrets, visitors log in
     with ``st.login`` (OIDC) and their e-mail is stored with their samples; with ``team_password`` in
     secrets (or ``EXPR_TEAM_PASSWORD``), they type the shared password once per browser session.
     """
     if "auth" in _secrets():
-        if not st.user.is_logged_in:
-            st.title("Facial Expression Studio")
-            st.button("Log in", type="primary", on_click=st.login)
-            st.stop()
-        return
-    password = secret("team_password") or os.environ.get("EXPR_TEAM_PASSWORD")
-    if not password or st.session_state.get("access_granted"):
-        return
+        return bool(st.user.is_logged_in)
+    return not _team_password() or bool(st.session_state.get("access_granted"))
+
+
+def login() -> NoReturn:
+    """The login (OIDC button or team password form), then stop: nothing else of the app is shown."""
     st.title("Facial Expression Studio")
+    if "auth" in _secrets():
+        st.button("Log in", type="primary", on_click=st.login)
+        st.stop()
+    password = _team_password() or ""
     with st.form("team_login"):
         entered = st.text_input("Team password", type="password")
         if st.form_submit_button("Enter", type="primary"):

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from expr_core.errors import DiskFull, disk_full, is_disk_full
+from expr_core.errors import CorruptFile, DiskFull, UserError, disk_full, is_disk_full
 
 TMP_PREFIX = ".tmp-"
 
@@ -28,6 +28,8 @@ def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     A full disk (in the block or while saving) raises :class:`~expr_core.errors.DiskFull`, a message for the user.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; name a file to write.")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
     try:
@@ -66,11 +68,17 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path, default: Any = None) -> Any:
-    """Read a JSON file written by :func:`write_json`; ``default`` when it does not exist."""
+    """Read a JSON file written by :func:`write_json`; ``default`` when it does not exist.
+
+    A file that is not valid JSON (edited by hand, or damaged) raises :class:`~expr_core.errors.CorruptFile`
+    naming it: the app never writes one (every write is atomic).
+    """
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return default
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptFile(f"{path}: not valid JSON ({exc}); restore it from a backup or delete it.") from exc
 
 
 def fill_folder(target: Path, fill: Callable[[Path], None], ready: Callable[[Path], bool]) -> Path:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from expr_core import starter
 from expr_core.backbones import BACKBONES, limit_onednn_to_avx2, prepare_tensorflow
-from expr_core.errors import UserError
+from expr_core.errors import UserError, os_problem
 from expr_core.jobs.folder import JobState, reporting_to
 from expr_core.live.pipeline import (
     FACES_PER_FRAME,
@@ -385,9 +385,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(_json({k: str(v) for k, v in files.items()}) if args.json else "\n".join(map(str, files.values())))
         return 0
     elif action == "import":
+        labels = _label_list(args.labels)  # before TensorFlow loads: a typo is reported at once
         from expr_core.worker.convert import import_model
 
-        run_id = import_model(registry.workspace, Path(args.path), _label_list(args.labels), quantize=args.quantize)
+        run_id = import_model(registry.workspace, Path(args.path), labels, quantize=args.quantize)
         print(_json({"run_id": run_id}) if args.json else run_id)
         return 0
     runs = [r.to_dict() for r in registry.runs()]
@@ -418,7 +419,13 @@ def _assembled(settings: Settings, registry: Registry, run_id: str) -> dict[str,
 def _label_list(text: str) -> list[str]:
     """Labels given as a JSON list (what the app passes) or comma-separated (what people type)."""
     if text.lstrip().startswith("["):
-        return list(json.loads(text))
+        try:
+            labels = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--labels {text!r}: not a JSON list ({exc}); or give them as a,b,c.") from exc
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise UserError(f"--labels {text!r}: a JSON list of label names, like [\"happy\", \"sad\"].")
+        return labels
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
@@ -609,4 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # no permission, a file where a folder should be, a folder where a file should be
+        print(f"error: {os_problem(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT

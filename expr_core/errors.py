@@ -35,6 +35,16 @@ class DiskFull(UserError):
     """A write failed because the disk (or the user's quota) is full."""
 
 
+class CorruptFile(UserError):
+    """A state file of the app (labels, status, active model, review item, ...) that is not valid JSON."""
+
+
+def os_problem(exc: OSError) -> UserError:
+    """An OS error (no permission, a file where a folder should be, ...) as ``FILE: reason`` for users."""
+    where = exc.filename if exc.filename is not None else "a file"
+    return UserError(f"{where}: {exc.strerror or exc}.")
+
+
 def disk_full(where: object) -> DiskFull:
     """The message for a full disk while writing to ``where`` (a file or folder)."""
     return DiskFull(

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from expr_core import atomic
-from expr_core.errors import ModelFileError, UserError
+from expr_core.errors import CorruptFile, ModelFileError, UserError
 from expr_core.jobs import folder as job
 from expr_core.jobs import runs
 
@@ -173,7 +173,7 @@ class Registry:
     def _info(self, run_id: str, active: str | None) -> RunInfo:
         status = runs.run_status(self.workspace, run_id)
         folder = runs.run_dir(self.workspace, run_id)
-        config = atomic.read_json(folder / job.CONFIG_FILE, {}) or {}
+        config = _tolerant(folder / job.CONFIG_FILE, {})
         return RunInfo(
             run_id=run_id,
             state=status.get("state", "queued"),
@@ -216,7 +216,7 @@ class Registry:
         return self.model_dir(run_id)
 
     def labels(self, run_id: str) -> list[str]:
-        return atomic.read_json(self.model_dir(run_id) / LABELS_FILE, []) or []
+        return _tolerant(self.model_dir(run_id) / LABELS_FILE, [])
 
     def _read(self, run_id: str, name: str) -> dict[str, Any]:
         return atomic.read_json(self._published(run_id) / name, {}) or {}
@@ -237,7 +237,7 @@ class Registry:
     # -- the active model ---------------------------------------------------------------------
     def active_id(self) -> str | None:
         """The active run, if it still exists and is done."""
-        run_id = (atomic.read_json(self.workspace / ACTIVE_FILE, {}) or {}).get("run_id")
+        run_id = _tolerant(self.workspace / ACTIVE_FILE, {}).get("run_id")  # damaged: none is active
         if not run_id or not ModelFiles(self.model_dir(run_id)).servable():
             return None
         return run_id
@@ -302,6 +302,16 @@ class Registry:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         return folder
+
+
+def _tolerant(path: Path, default: Any) -> Any:
+    """A state file read for a listing: damaged or of the wrong kind reads as ``default``, so one bad run (or
+    a damaged active.json) never breaks the Models, Home or Detect page; acting on it says what is wrong."""
+    try:
+        value = atomic.read_json(path, default)
+    except CorruptFile:
+        return default
+    return value if isinstance(value, type(default)) else default
 
 
 def _fsync_dir(folder: Path) -> None:

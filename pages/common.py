@@ -20,7 +20,7 @@ from expr_core import assets, bases, starter
 from expr_core.backbones import expression_weights_available
 from expr_core.data.features import Featurizer
 from expr_core.data.store import DatasetStore
-from expr_core.errors import UserError
+from expr_core.errors import UserError, os_problem
 from expr_core.jobs import folder as job
 from expr_core.jobs import prepare
 from expr_core.live.capture import SampleWriter
@@ -159,6 +159,8 @@ def user_errors() -> Iterator[None]:
         yield
     except UserError as exc:
         st.error(str(exc))
+    except OSError as exc:  # no permission, no room, a file where a folder should be
+        st.error(str(os_problem(exc)))
 
 
 @st.cache_resource

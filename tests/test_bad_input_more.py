@@ -300,3 +300,63 @@ def test_delete_all_data_refuses_while_a_training_runs_and_deletes_nothing(tmp_p
     finally:
         writer.close()
     assert len(store.samples()) == 1 and runs.run_ids(workspace) == [run_id]
+
+
+# -- OS errors and damaged state files (review B9) -------------------------------------------------------------
+def _damaged(ws: Path, name: str) -> None:
+    path = ws / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"cut": ')
+
+
+@pytest.mark.parametrize(
+    "setup, args, message",
+    [
+        (lambda tmp: (tmp / "afile").write_text("x"), ["dataset", "stats", "--workspace", "afile"], "Not a directory"),
+        (
+            lambda tmp: (tmp / "out.zip").mkdir(),
+            ["dataset", "export", "--workspace", "ws", "out.zip"],
+            "out.zip: is a folder",
+        ),
+        (
+            lambda tmp: _damaged(tmp / "ws", "dataset/labels.json"),
+            ["dataset", "stats", "--workspace", "ws"],
+            "labels.json: not valid JSON",
+        ),
+        (
+            lambda tmp: None,
+            ["models", "import", "x.keras", "--labels", "[oops"],
+            "--labels '[oops': not a JSON list",
+        ),
+    ],
+    ids=["workspace-is-a-file", "export-onto-a-folder", "corrupt-labels", "malformed-labels-json"],
+)
+def test_os_errors_and_damaged_files_are_one_line_with_exit_2(tmp_path, run_cli, setup, args, message):
+    setup(tmp_path)
+    done = run_cli(*args)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ") and message in done.stderr, done.stderr
+
+
+def test_one_damaged_run_or_active_file_never_breaks_the_model_list(tmp_path, run_cli):
+    ws = tmp_path / "ws"
+    good = _fake_published_run(ws)
+    bad, _ = runs.create_run(ws, {"backbone": "x"})
+    _damaged(runs.run_dir(ws, bad), "status.json")
+    listed = {r["run_id"]: r for r in json.loads(run_cli("models", "--workspace", ws, "--json").stdout)}
+    assert listed[good]["state"] == "done" and listed[good]["active"]
+    assert listed[bad]["state"] == "failed" and "status.json: not valid JSON" in listed[bad]["error"]
+    _damaged(ws, "active.json")
+    listed = json.loads(run_cli("models", "--workspace", ws, "--json").stdout)
+    assert {r["run_id"] for r in listed} == {good, bad} and not any(r["active"] for r in listed)
+
+
+def test_a_damaged_review_item_is_left_out_and_the_others_listed(tmp_path, astronaut_bgr):
+    from expr_core.data.review import ReviewQueue
+    from expr_core.live.pipeline import FaceReading
+
+    queue = ReviewQueue(tmp_path / "ws")
+    reading = FaceReading(1, (150, 40, 200, 200), "happy", 0.5, {"happy": 0.5, "sad": 0.5})
+    kept = [queue.add(astronaut_bgr, reading, "ana") for _ in range(2)]
+    (queue.root / f"{kept[0]}.json").write_text("{")
+    assert [item.id for item in queue.items()] == [kept[1]]

@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 
 from expr_core import atomic
-from expr_core.data.store import JPEG_QUALITY, DatasetStore, NewSample, new_id
-from expr_core.errors import DatasetError
+from expr_core.data.store import JPEG_QUALITY, SAMPLE_ID, DatasetStore, NewSample, new_id
+from expr_core.errors import CorruptFile, DatasetError
 from expr_core.live.pipeline import FaceReading
 from expr_core.vision.faces import Face, crop_face
 
@@ -70,9 +70,13 @@ class ReviewQueue:
             return []
         found = []
         for meta in sorted(self.root.glob("*.json")):
-            data = atomic.read_json(meta)
-            if data and self.image_path(data["id"]).exists():
-                found.append(ReviewItem(**data))
+            try:  # a damaged item is left out (its crop stays on disk), the others are listed
+                data = atomic.read_json(meta)
+                item = ReviewItem(**data) if isinstance(data, dict) else None
+            except (CorruptFile, TypeError):
+                continue
+            if item is not None and SAMPLE_ID.fullmatch(str(item.id)) and self.image_path(item.id).exists():
+                found.append(item)
         return found
 
     def accept(self, ids: list[str], label: str, store: DatasetStore, captured_by: str) -> int:

@@ -46,7 +46,7 @@ from typing import Any
 import psutil
 
 from expr_core import atomic
-from expr_core.errors import UserError
+from expr_core.errors import CorruptFile, UserError
 
 STATUS_FILE, EVENTS_FILE, CONFIG_FILE = "status.json", "events.jsonl", "config.json"
 WORKER_FILE, LOG_FILE, CANCEL_FILE = "worker.json", "worker.log", "cancel"
@@ -266,7 +266,10 @@ def folder_status(folder: Path) -> dict[str, Any]:
     ``eta_s``, ``elapsed``, ``val_accuracy``, ``error``, ``cancel_requested``, ``created``, ``finished``.
     """
     _reap_children()
-    status = read_status(folder) or {"job_id": folder.name, "state": JobState.QUEUED, "created": time.time()}
+    try:
+        status = read_status(folder) or {"job_id": folder.name, "state": JobState.QUEUED, "created": time.time()}
+    except CorruptFile as exc:  # one damaged job must not break the lists it is in
+        return {"job_id": folder.name, "state": JobState.FAILED, "error": str(exc), "cancel_requested": False}
     if status.get("state") in ACTIVE_STATES and not worker_alive(folder) and not _launching(folder, status):
         status = _mark_dead(folder)
     status["cancel_requested"] = cancel_requested(folder)

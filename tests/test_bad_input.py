@@ -350,7 +350,7 @@ def test_bad_uploaded_images_are_reported(ws, case, settings, haar, unchanged):
         ("../x", "'../x' is not allowed"),
         ("/abs", "'/abs' is not allowed"),
         ("con", "'con' is a reserved name"),
-        ("Happy", "There is already a label called 'Happy'."),
+        ("Happy", "There is already a label called 'Happy' ('happy' looks the same)."),
         ("bell\x07", "is not allowed"),
     ],
 )

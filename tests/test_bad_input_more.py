@@ -200,7 +200,7 @@ def test_a_video_without_faces_is_processed_and_says_it_found_none(tiny_model, s
 )
 def test_a_label_that_looks_like_an_existing_one_is_refused(tmp_path, lookalike):
     store = DatasetStore(tmp_path / "ws")
-    with pytest.raises(InvalidLabel, match="invisible characters|looks the same"):
+    with pytest.raises(InvalidLabel, match="invisible characters|already a label called"):
         store.add_label(lookalike)
     assert store.labels() == ["happy", "sad"]
 

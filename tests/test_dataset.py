@@ -78,7 +78,7 @@ BAD_LABELS = {
     "a:b": "is not allowed",
     "a*b?": "is not allowed",
     "\u0301accent": "is not allowed",  # a lone combining mark cannot start a label
-    "zero\u200bwidth": "is not allowed",
+    "zero\u200bwidth": "contains invisible characters",
 }
 
 

@@ -160,7 +160,8 @@ def validate_label(name: str, existing: Iterable[str] = ()) -> str:
         raise InvalidLabel(f"{label!r} is a reserved name; choose another.")
     same = [other for other in existing if looks_like(other) == looks_like(label)]
     if same:
-        raise InvalidLabel(f"There is already a label called {same[0]!r}, which looks the same as {label!r}.")
+        also = "" if same[0] == label else f" ({same[0]!r} looks the same)"
+        raise InvalidLabel(f"There is already a label called {label!r}{also}.")
     return label
 
 

@@ -18,7 +18,7 @@ from expr_core.backbones import BACKBONES
 from expr_core.data.store import DatasetStore
 from expr_core.jobs import folder as job
 from expr_core.jobs import runs
-from expr_core.registry import Registry
+from expr_core.registry import ModelFiles, Registry
 from tests.waiting import holds_for, wait_for
 
 from .conftest import (
@@ -224,7 +224,7 @@ def test_capture_then_train_shows_the_run_with_its_charts(server_factory, page, 
     report = Registry(server.workspace).metrics(run_id)
     assert f"{report['accuracy']:.1%}" == accuracy
     assert sum(map(sum, report["confusion_matrix"])) == report["n"] > 0
-    assert (Registry(server.workspace).model_dir(run_id) / "model.tflite").is_file()
+    assert ModelFiles(Registry(server.workspace).model_dir(run_id)).servable()  # base + head, or fine-tuned
     # The worker writes "done" and then exits (TensorFlow's teardown takes a few seconds on a busy machine).
     wait_for(lambda: not job.worker_alive(runs.run_dir(server.workspace, run_id)), 60, "the training worker to exit")
 

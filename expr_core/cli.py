@@ -424,7 +424,7 @@ def _label_list(text: str) -> list[str]:
         except json.JSONDecodeError as exc:
             raise UserError(f"--labels {text!r}: not a JSON list ({exc}); or give them as a,b,c.") from exc
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-            raise UserError(f"--labels {text!r}: a JSON list of label names, like [\"happy\", \"sad\"].")
+            raise UserError(f'--labels {text!r}: a JSON list of label names, like ["happy", "sad"].')
         return labels
     return [x.strip() for x in text.split(",") if x.strip()]
 

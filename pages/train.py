@@ -53,6 +53,10 @@ if running:
     live(running)
     st.stop()
 
+listed = registry.runs()
+if listed and listed[0].state == job.JobState.FAILED:  # at the top, where the eye is after pressing Start
+    st.error(f"**The last run ({listed[0].run_id}) failed:** {listed[0].error}", icon=":material/error:")
+
 trainable = [label for label, n in counts.items() if n]
 with contextlib.suppress(SplitError):  # data that cannot be split at all is refused, with the reasons, at Start
     for warning in split_samples(store.samples(), trainable).warnings:  # they depend on the data alone
@@ -186,13 +190,10 @@ if start:
         runs.start_training(cfg, config)
         st.rerun()
 
-listed = registry.runs()
 if listed:
     newest = listed[0]
     st.divider()
     st.subheader(f"Last run {newest.run_id}: {newest.state}")
-    if newest.error:
-        st.error(newest.error)
     report.learning_curves(report.run_events(cfg.workspace, newest.run_id))
     if newest.state == "done":
         report.verdict(newest)

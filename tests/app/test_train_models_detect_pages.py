@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from expr_core import atomic
 from expr_core.data.store import DatasetStore, NewSample
+from expr_core.jobs import folder as job
+from expr_core.jobs import runs
 from tests.app.conftest import open_page
 from tests.app.test_home_capture_pages import _add
 
@@ -86,3 +89,24 @@ def test_the_train_page_says_before_start_which_backbone_works_offline(app, work
     assert any("ImageNet weights for DenseNet201 cannot be downloaded here" in i.value for i in app.info)
     backbone.set_value("densenet201").run()
     assert any("this run would stop at once" in w.value for w in app.warning)
+
+
+def test_a_failed_run_says_why_above_the_form(app, workspace):
+    """Review C2: the 'could not download the ImageNet weights' error sat below the re-shown form, off-screen."""
+    run_id, folder = runs.create_run(workspace, {"backbone": "densenet201"})
+    why = "Could not download the ImageNet weights for DenseNet201 (no internet)."
+    atomic.write_json(folder / job.STATUS_FILE, {"job_id": run_id, "state": "failed", "error": why, "created": 1.0})
+    open_page(app, "pages/train.py")
+    order: list[str] = []
+
+    def walk(node) -> None:
+        for child in getattr(node, "children", {}).values():
+            if getattr(child, "type", "") in ("error", "subheader"):
+                order.append(f"{child.type}: {child.value}")
+            walk(child)
+
+    walk(app.main)
+    failed = next(i for i, text in enumerate(order) if why in text)
+    form = next(i for i, text in enumerate(order) if text == "subheader: New training run")
+    assert failed < form, order
+    assert sum(why in text for text in order) == 1, order  # said once

@@ -4,11 +4,15 @@ Run with ``streamlit run streamlit_app.py``. This process never imports TensorFl
 docs/architecture.md); training and model conversion run in worker processes.
 """
 
+from pathlib import Path
+
 import streamlit as st
 
 from pages import common
 
-st.set_page_config(page_title="Facial Expression Studio", page_icon=":material/mood:", layout="wide")
+# A local file: a ":material/...:" page icon makes every browser fetch it from fonts.gstatic.com.
+ICON = Path(__file__).parent / "assets" / "favicon.png"
+st.set_page_config(page_title="Facial Expression Studio", page_icon=str(ICON), layout="wide")
 allowed = common.has_access()
 
 PAGES = [

@@ -1,10 +1,13 @@
-"""The team password on a fresh server, in a real browser: nothing of the app before it, not even page names.
+"""The team password on a fresh server, in a real browser: nothing of the app before it, not even page names,
+and no request from any page to another machine.
 
 Review B15: before the first login on a fresh server, the sidebar listed the helper modules of ``pages/``
 (``common``, ``camera``, ``report``) as pages, because ``st.navigation`` had not run yet in the process.
 """
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -17,6 +20,8 @@ HELPERS = ("common", "camera", "report")
 def test_before_the_password_the_sidebar_lists_nothing_and_after_it_the_app(server_factory, new_page, artifacts):
     server = server_factory(secrets='team_password = "s3cret-team"\n')
     page = new_page()
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
     open_app_page(page, server.url + "/capture", "Facial Expression Studio")  # a deep link, first visit
     page.get_by_label("Team password").wait_for()
     page.screenshot(path=str(artifacts / "01-login.png"))
@@ -35,3 +40,6 @@ def test_before_the_password_the_sidebar_lists_nothing_and_after_it_the_app(serv
         "Detect",
     ]
     page.screenshot(path=str(artifacts / "02-after-login.png"))
+    # Review C1: nothing the pages load may leave this machine (the page icon came from fonts.gstatic.com).
+    hosts = {urlsplit(url).hostname for url in requested if urlsplit(url).scheme in ("http", "https", "ws", "wss")}
+    assert hosts <= {"127.0.0.1", "localhost"}, sorted(url for url in requested if "127.0.0.1" not in url)

@@ -168,7 +168,10 @@ class Recorder:
                 for face in chosen
             ]
             self._status.taken += 1
-            self._next_at = now + request.interval_s
+            # Due times follow the plan, not the frame that happened to come: counting from each late frame
+            # made a 30-crop burst at 0.2 s take 7.4-9.4 s at 15 fps instead of 5.8 s. A stall is not made up
+            # for with a rush of crops: the next one is at least half an interval away.
+            self._next_at = max(self._next_at + request.interval_s, now + request.interval_s / 2)
             if self._status.taken >= request.count:
                 self._request = None
                 self._status.phase = "idle"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 from pathlib import Path
 
 import av
@@ -90,10 +91,18 @@ def test_with_one_face_per_frame_the_faces_take_turns(classifier, haar, astronau
 def test_uncertain_faces_are_kept_for_review_and_can_join_the_dataset(classifier, haar, astronaut_bgr, tmp_path):
     queue = ReviewQueue(tmp_path)
     pipeline = ExpressionPipeline(haar, classifier)
-    pipeline.on_readings = UncertainFaceKeeper(queue, threshold=1.01, margin=0.2, crop_size=64, captured_by="bo")
+    keeper = UncertainFaceKeeper(queue, threshold=1.01, margin=0.2, crop_size=64, captured_by="bo")
+    pipeline.on_readings = keeper
+    writes = []
+    real_add = queue.add
+    queue.add = lambda *args: writes.append(threading.current_thread()) or real_add(*args)  # type: ignore[method-assign]
     pipeline.process(scene(astronaut_bgr, 1))
     pipeline.process(scene(astronaut_bgr, 1))  # same face within a second: not kept twice
+    keeper.flush()
+    # Review A3: the frame thread never waits for the disk (encoding, fsync, counting the queue)
+    assert writes and threading.current_thread() not in writes
     items = queue.items()
+    assert keeper.kept == 1
     assert len(items) == 1 and items[0].predicted in classifier.labels and items[0].captured_by == "bo"
     store = DatasetStore(tmp_path)
     assert queue.accept([items[0].id], "sad", store, "bo") == 1

@@ -9,6 +9,9 @@ user labels them (they join the dataset with source ``review``) or discards them
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -19,11 +22,13 @@ import numpy as np
 
 from expr_core import atomic
 from expr_core.data.store import JPEG_QUALITY, SAMPLE_ID, DatasetStore, NewSample, new_id
-from expr_core.errors import CorruptFile, DatasetError
+from expr_core.errors import CorruptFile, DatasetError, UserError
 from expr_core.live.pipeline import FaceReading
 from expr_core.vision.faces import Face, crop_face
 
 MAX_ITEMS = 500  # a forgotten checkbox must not fill the disk
+WRITER_BACKLOG = 64
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,9 +48,16 @@ class ReviewQueue:
     def image_path(self, item_id: str) -> Path:
         return self.root / f"{item_id}.jpg"
 
+    def count(self) -> int:
+        """How many items are kept (their metadata files counted, not read)."""
+        if not self.root.is_dir():
+            return 0
+        with os.scandir(self.root) as entries:
+            return sum(1 for entry in entries if entry.name.endswith(".json"))
+
     def add(self, crop: np.ndarray, reading: FaceReading, captured_by: str) -> str | None:
-        """Keep one crop; ``None`` when the queue is full."""
-        if len(self.items()) >= MAX_ITEMS:
+        """Keep one crop; ``None`` when the queue is full. Writes to disk: never call it on a frame thread."""
+        if self.count() >= MAX_ITEMS:
             return None
         item_id = new_id()
         ok, encoded = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
@@ -109,8 +121,47 @@ class ReviewQueue:
                     path.unlink()
 
 
+class _Writer:
+    """The process's one background thread that stores kept faces: frames never wait for the disk."""
+
+    def __init__(self) -> None:
+        self.pending: queue.Queue[tuple[UncertainFaceKeeper, np.ndarray, FaceReading] | threading.Event] = (
+            queue.Queue(maxsize=WRITER_BACKLOG)
+        )
+        threading.Thread(target=self._run, name="review-writer", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            work = self.pending.get()
+            if isinstance(work, threading.Event):
+                work.set()
+                continue
+            keeper, crop, reading = work
+            try:
+                if keeper.queue.add(crop, reading, keeper.captured_by):
+                    keeper.kept += 1
+            except (UserError, OSError) as exc:  # a full disk: the face is not kept, the stream goes on
+                log.warning("could not keep an uncertain face for review: %s", exc)
+
+
+_writer: _Writer | None = None
+_writer_lock = threading.Lock()
+
+
+def _background() -> _Writer:
+    global _writer
+    with _writer_lock:
+        if _writer is None:
+            _writer = _Writer()
+        return _writer
+
+
 class UncertainFaceKeeper:
-    """Pipeline hook: saves faces under ``threshold`` confidence, at most one per face per ``every_s``."""
+    """Pipeline hook: saves faces under ``threshold`` confidence, at most one per face per ``every_s``.
+
+    Called on the frame thread; it only cuts the crop and hands it to a background writer (dropped when
+    that has :data:`WRITER_BACKLOG` faces waiting), so encoding, fsync and the queue's count never delay a frame.
+    """
 
     def __init__(
         self,
@@ -135,5 +186,11 @@ class UncertainFaceKeeper:
                     continue
                 self._last[reading.track_id] = now
             crop = crop_face(frame, Face(reading.box, reading.confidence), self.margin, self.crop_size)
-            if self.queue.add(crop, reading, self.captured_by):
-                self.kept += 1
+            with contextlib.suppress(queue.Full):
+                _background().pending.put_nowait((self, crop, reading))
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until the faces handed over so far are stored (tests, shutdown)."""
+        done = threading.Event()
+        _background().pending.put(done, timeout=timeout)
+        done.wait(timeout)

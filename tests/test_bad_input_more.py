@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -360,3 +361,16 @@ def test_a_damaged_review_item_is_left_out_and_the_others_listed(tmp_path, astro
     kept = [queue.add(astronaut_bgr, reading, "ana") for _ in range(2)]
     (queue.root / f"{kept[0]}.json").write_text("{")
     assert [item.id for item in queue.items()] == [kept[1]]
+
+
+def test_a_keras_file_whose_config_expands_too_far_is_refused_before_loading(tmp_path, run_cli):
+    """Review B14: a small .keras whose config expands to 150 MB cost 300 MB before it was refused."""
+    bomb = tmp_path / "small.keras"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("metadata.json", '{"keras_version": "3.15.0"}')
+        archive.writestr("config.json", '{"class_name": "Functional", "pad": "' + " " * (40 * 2**20) + '"}')
+    assert bomb.stat().st_size < 200_000
+    done = run_cli("models", "import", bomb, "--labels", "happy,sad", "--workspace", tmp_path / "ws", timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "member config.json expands to 41,943,0" in done.stderr and "limit" in done.stderr
+    assert not (tmp_path / "ws" / "runs").exists() or runs.run_ids(tmp_path / "ws") == []

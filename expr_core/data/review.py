@@ -125,8 +125,8 @@ class _Writer:
     """The process's one background thread that stores kept faces: frames never wait for the disk."""
 
     def __init__(self) -> None:
-        self.pending: queue.Queue[tuple[UncertainFaceKeeper, np.ndarray, FaceReading] | threading.Event] = (
-            queue.Queue(maxsize=WRITER_BACKLOG)
+        self.pending: queue.Queue[tuple[UncertainFaceKeeper, np.ndarray, FaceReading] | threading.Event] = queue.Queue(
+            maxsize=WRITER_BACKLOG
         )
         threading.Thread(target=self._run, name="review-writer", daemon=True).start()
 

@@ -58,6 +58,24 @@ def export_tflite(model: keras.Model, folder: Path, quantize: bool) -> dict[str,
     return {k: round(v, 2) for k, v in timings.items()}
 
 
+# What a .keras archive's members may expand to. DenseNet201's config is about 0.5 MB and its weights 80 MB; a
+# few-kB file whose config expands to 150 MB cost 300 MB of memory before Keras refused it.
+MAX_MEMBER_BYTES = {"config.json": 16 * 2**20, "metadata.json": 2**20}
+MAX_WEIGHTS_BYTES = 2 * 2**30
+
+
+def _check_sizes(path: Path) -> None:
+    """Refuse, before anything is read, an archive whose members would expand past their limits."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            limit = MAX_MEMBER_BYTES.get(info.filename, MAX_WEIGHTS_BYTES)
+            if info.file_size > limit:
+                raise ImportRejected(
+                    f"{path.name}: its member {info.filename} expands to {info.file_size:,} bytes, over the "
+                    f"{limit:,}-byte limit; this is not a model saved by this app or Keras."
+                )
+
+
 def load_checked(path: Path, n_labels: int) -> keras.Model:
     """Load a ``.keras`` file and check it takes square RGB images and has one output per label."""
     path = Path(path)
@@ -65,6 +83,7 @@ def load_checked(path: Path, n_labels: int) -> keras.Model:
         raise ImportRejected(f"{path}: no such file.")
     if path.suffix != ".keras" or not zipfile.is_zipfile(path):
         raise ImportRejected(f"{path.name}: not a Keras model file (expected a .keras file saved by Keras 3).")
+    _check_sizes(path)
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for foreign or damaged files

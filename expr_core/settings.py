@@ -14,6 +14,8 @@ Environment variables (all optional):
 - ``EXPR_QUANTIZED``: ``0`` serves the float32 model instead of the dynamic-range quantised one.
 - ``EXPR_ICE_SERVERS``: a JSON list of ICE server objects for WebRTC, e.g.
   ``[{"urls": ["turn:turn.example.org:3478"], "username": "u", "credential": "p"}]``.
+- ``EXPR_ICE_TRANSPORT_POLICY``: ``all`` (default) or ``relay``: the browser then uses only TURN relays,
+  which proves (and forces) the relay path of a hosted deployment. Also ``ice_transport_policy`` in secrets.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 from expr_core.errors import UserError
 
 DETECTORS = ("yunet", "ssd", "haar")
+ICE_TRANSPORT_POLICIES = ("all", "relay")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Settings:
     crop_size: int = 224
     quantized_serving: bool = True
     ice_servers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    ice_transport_policy: str = "all"
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some fields changed (settings are immutable so they can be shared by threads)."""
@@ -79,6 +83,9 @@ def load_settings(env: Mapping[str, str] | None = None, secrets: Mapping[str, An
     if detector not in DETECTORS:
         raise UserError(f"EXPR_DETECTOR={detector!r} is unknown; choose one of {', '.join(DETECTORS)}.")
     ice_raw = secrets.get("ice_servers") if "ice_servers" in secrets else env.get("EXPR_ICE_SERVERS")
+    policy = str(secrets.get("ice_transport_policy") or env.get("EXPR_ICE_TRANSPORT_POLICY") or "all").strip().lower()
+    if policy not in ICE_TRANSPORT_POLICIES:
+        raise UserError(f"ICE transport policy {policy!r} is unknown; choose 'all' or 'relay' (TURN only).")
     return Settings(
         workspace=Path(env.get("EXPR_HOME", "workspace")),
         models_dir=Path(env.get("EXPR_MODELS_DIR", "models")),
@@ -87,4 +94,5 @@ def load_settings(env: Mapping[str, str] | None = None, secrets: Mapping[str, An
         detector=detector,
         quantized_serving=env.get("EXPR_QUANTIZED", "1") != "0",
         ice_servers=parse_ice_servers(ice_raw),
+        ice_transport_policy=policy,
     )

@@ -90,14 +90,18 @@ def remote_viewer_warning(servers: list[dict[str, Any]]) -> str | None:
 def camera(key: str, frame_callback: Callable[[av.VideoFrame], av.VideoFrame]):
     """Render the webcam streamer; ``frame_callback`` runs on a worker thread for every frame."""
     servers, turn_error = ice_servers()
-    for warning in filter(None, [turn_error, remote_viewer_warning(servers)]):
+    relay_only = common.settings().ice_transport_policy == "relay"
+    no_relay = "ICE transport policy 'relay' needs a TURN server, and none is configured: the video cannot connect."
+    for warning in filter(
+        None, [turn_error, remote_viewer_warning(servers), no_relay if relay_only and not servers else None]
+    ):
         st.warning(warning, icon=":material/wifi_off:")
     if os.environ.get("EXPR_WEBRTC_GUARD", "1") != "0":  # EXPR_WEBRTC_GUARD=0: off, only for bench/webrtc_start.py
         keep_context_on_rerun(st.session_state, key)
     return webrtc_streamer(
         key=key,
         mode=WebRtcMode.SENDRECV,
-        rtc_configuration={"iceServers": servers},
+        rtc_configuration={"iceServers": servers, "iceTransportPolicy": common.settings().ice_transport_policy},
         media_stream_constraints={"video": {"width": {"ideal": 640}, "height": {"ideal": 480}}, "audio": False},
         video_frame_callback=frame_callback,
         async_processing=True,

@@ -65,9 +65,7 @@ with right:
             request = BurstRequest(label or "", 1, BurstRequest.interval_s, 0.0, largest, common.user_name())
             request.validate(labels)
             recorder.start(request)
-    if stop_col.button(
-        "Stop burst", icon=":material/stop:", width="stretch", help="Stop recording (the camera stays on)"
-    ):
+    if stop_col.button("Cancel", icon=":material/stop:", width="stretch", help="Stop the burst (the camera stays on)"):
         recorder.stop()
     st.caption("The number on a face's box is how sure the detector is that it is a face.")
 

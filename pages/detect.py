@@ -74,7 +74,12 @@ def train_first(reason: str) -> NoReturn:
     st.stop()
 
 
-served = common.active_model()
+try:
+    served = common.active_model()
+except UserError as exc:  # a damaged model file: say so, and serve the starter meanwhile
+    st.error(f"The active model cannot be served: {exc} Activate another one on the Models page.")
+    st.page_link("pages/models.py", label="Models", icon=":material/inventory_2:")
+    served = None
 if served is None:
     served, why_not = common.starter_model()
     if served is None and why_not is None:
@@ -102,7 +107,10 @@ st.caption(f"Model **{served.name}** Â· labels: {', '.join(classifier.labels)} Â
 def follow_active_model(shown: str) -> None:
     """Rerun the page when another model goes live (a first model just published, its fine-tuned version, an
     activation elsewhere): the running stream is reconfigured with it in one locked step."""
-    newest = common.active_model()
+    try:
+        newest = common.active_model()
+    except UserError:  # still the damaged model the page already reported
+        return
     if (newest.ref if newest else starter.NAME) != shown:
         st.rerun()
 

@@ -150,3 +150,16 @@ def test_the_confusion_matrix_has_square_cells_and_level_labels(app, workspace_w
     for layer in spec["layer"]:
         for channel in ("x", "y"):
             assert layer["encoding"][channel]["axis"]["labelAngle"] == 0
+
+
+def test_a_broken_active_model_file_is_reported_on_detect_not_a_traceback(app, workspace_with_model):
+    """Review B9: a broken active .tflite reached the Detect page as a traceback."""
+    registry = Registry(workspace_with_model)
+    files = ModelFiles(registry.model_dir(registry.active_id()))
+    files.served().write_bytes(b"not a model any more")
+    files.served(quantized=True).write_bytes(b"not a model any more")
+    app.run()
+    app.switch_page("pages/detect.py")
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert any("not a usable LiteRT model" in e.value for e in app.error), [e.value for e in app.error]

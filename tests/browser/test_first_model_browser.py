@@ -16,6 +16,7 @@ import re
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from expr_core import bases
@@ -116,3 +117,5 @@ def test_detect_reads_with_the_new_model_seconds_after_train_is_pressed(
     results("click_to_detect_label_s", round(outcome["label_s"], 1))
     results("run_state_when_read", outcome["status"]["state"])
     results("features_computed_in_the_run", computed_in_run)
+    # Review C12: the server's memory after a whole capture-train-detect session (the README's table)
+    results("server_rss_mb_after_the_session", round(psutil.Process(server.process.pid).memory_info().rss / 2**20))

@@ -104,3 +104,26 @@ def current_key(settings: Settings) -> BaseKey:
         return BaseKey(str(chosen["backbone"]), int(chosen["image_size"]), str(chosen["weights"]))
     except (OSError, KeyError, TypeError, ValueError):
         return BaseKey.of(TrainConfig.for_backbone(default_backbone(settings)[0]))
+
+
+TIMINGS_FILE = "timings.json"
+
+
+def first_batch_seconds(settings: Settings, key: BaseKey, batch_size: int) -> float | None:
+    """How long phase 2's first batch (graph building included) took last time on this machine, if measured."""
+    try:
+        timings = atomic.read_json(folder(settings, key) / TIMINGS_FILE, {}) or {}
+        return float(timings["finetune_first_batch_s"][str(batch_size)])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def record_first_batch(settings: Settings, key: BaseKey, batch_size: int, seconds: float) -> None:
+    """Remember phase 2's first-batch time, so the next run's page can show progress through it."""
+    path = folder(settings, key) / TIMINGS_FILE
+    try:
+        timings = atomic.read_json(path, {}) or {}
+    except ValueError:  # damaged: start again
+        timings = {}
+    timings.setdefault("finetune_first_batch_s", {})[str(batch_size)] = round(seconds, 1)
+    atomic.write_json(path, timings)

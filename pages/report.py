@@ -88,6 +88,14 @@ def progress(status: dict[str, Any], events: list[dict[str, Any]]) -> None:
             text=f"{name}: epoch {batch['epoch']}/{batch['epochs']}",
         )
         st.progress(batch["batch"] / batch["batches"], text=f"batch {batch['batch']}/{batch['batches']}")
+    elif phase_event and phase_event.get("phase") == "finetune" and status.get("first_batch_expected_s"):
+        # The first batch builds the graph (a minute or two for DenseNet201): move by last time's duration.
+        expected = float(status["first_batch_expected_s"])
+        since = time.time() - float(phase_event.get("t", time.time()))
+        st.progress(
+            min(0.97, since / expected),
+            text=f"building the graph and running the first batch: {since:.0f} s of about {expected:.0f} s (last time)",
+        )
     # Counted from the start, not from the last status write: it keeps moving through a long first batch.
     started = status.get("started")
     elapsed = time.time() - started if started else status.get("elapsed") or 0

@@ -6,6 +6,7 @@ the same function the `base prepare` worker runs.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -118,3 +119,16 @@ def test_a_run_on_samples_with_features_skips_straight_to_the_head(prepared: Set
     events = job.read_events(runs.run_dir(prepared.workspace, run_id))[0]
     assert [e["phase"] for e in events if e["type"] == "phase"] == ["prepare", "head", "evaluate", "publish"]
     assert ModelFiles(Registry(prepared.workspace).model_dir(run_id)).is_head_model
+
+
+def test_phase_2_remembers_its_first_batch_so_the_next_run_shows_progress_through_it(prepared: Settings, astronaut_bgr):
+    """Review C3: phase 2's first batch (graph building, about 100 s for DenseNet201) looked hung."""
+    add_face_samples(prepared.workspace, astronaut_bgr, featurizer=Featurizer(prepared))
+    config = dataclasses.replace(TINY, epochs_2=1)
+    first = runs.start_training(prepared, config)
+    assert job.wait(runs.run_dir(prepared.workspace, first), timeout_s=WAIT_S)["state"] == "done"
+    measured = bases.first_batch_seconds(prepared, KEY, config.batch_size)
+    assert measured is not None and measured > 0
+    second = runs.start_training(prepared, config)
+    status = job.wait(runs.run_dir(prepared.workspace, second), timeout_s=WAIT_S)
+    assert status["state"] == "done" and status["first_batch_expected_s"] == measured

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from expr_core import atomic
+from expr_core import atomic, bases
 from expr_core.evaluate import classification_report
 from expr_core.head import MONITOR, SELECTION, HeadWeights, selection_score
 from expr_core.jobs.folder import EventType, JobWriter
@@ -43,9 +44,19 @@ LOSS = "sparse_categorical_crossentropy"
 class Progress(keras.callbacks.Callback):
     """Batch and epoch events plus status updates for one phase; also the per-batch cancel check."""
 
-    def __init__(self, writer: JobWriter, guard: CancelGuard, phase: str, epochs: int, batches: int) -> None:
+    def __init__(
+        self,
+        writer: JobWriter,
+        guard: CancelGuard,
+        phase: str,
+        epochs: int,
+        batches: int,
+        on_first_batch: Callable[[float], None] | None = None,
+    ) -> None:
         super().__init__()
         self.writer, self.guard, self.phase = writer, guard, phase
+        self.on_first_batch = on_first_batch  # told how long the first batch took (graph building included)
+        self._started = time.perf_counter()
         self.epochs, self.batches = epochs, max(1, batches)
         self.epoch = 0
         self._first_batch_done: float | None = None
@@ -64,6 +75,8 @@ class Progress(keras.callbacks.Callback):
         self.guard.check()
         self._done_batches += 1
         now = time.perf_counter()
+        if self._first_batch_done is None and self.on_first_batch is not None:
+            self.on_first_batch(now - self._started)
         self._first_batch_done = self._first_batch_done or now
         if now - self._last_event < BATCH_EVENT_EVERY_S and batch + 1 < self.batches:
             return
@@ -152,6 +165,8 @@ def fine_tune(context: RunContext, net: Network, train: Arrays, val: Arrays) -> 
     epoch with the best selection score is kept (early stopping restores it)."""
     config, writer, labels = context.config, context.writer, context.split.labels
     phase(writer, Phase.FINETUNE, "Phase 2: fine-tuning the whole network (the first batch builds the graph)")
+    expected = bases.first_batch_seconds(context.settings, context.key, config.batch_size)
+    writer.status(first_batch_expected_s=expected)  # the page shows progress through the first batch with it
     set_phase(net, fine_tune=True)
     _compile(net.model, config.lr_2)
     augment = augmentation(config.seed + 100)
@@ -171,7 +186,14 @@ def fine_tune(context: RunContext, net: Network, train: Arrays, val: Arrays) -> 
         BalancedAccuracy(val_data, val.y, labels, config.batch_size),
         keras.callbacks.EarlyStopping(monitor=SELECTION, mode="max", patience=3, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", patience=2, factor=0.5),
-        Progress(writer, context.guard, Phase.FINETUNE, config.epochs_2, _batches(len(train.x), config.batch_size)),
+        Progress(
+            writer,
+            context.guard,
+            Phase.FINETUNE,
+            config.epochs_2,
+            _batches(len(train.x), config.batch_size),
+            lambda s: bases.record_first_batch(context.settings, context.key, config.batch_size, s),
+        ),
     ]
     history = net.model.fit(
         train_data,

@@ -110,3 +110,18 @@ def test_a_failed_run_says_why_above_the_form(app, workspace):
     form = next(i for i, text in enumerate(order) if text == "subheader: New training run")
     assert failed < form, order
     assert sum(why in text for text in order) == 1, order  # said once
+
+
+def test_phase_2s_first_batch_shows_moving_progress(app, workspace):
+    """Review C3 / issue 11: during phase 2's long first batch the page showed a frozen time and no progress."""
+    _, folder = runs.create_run(workspace, {"backbone": "densenet201"})
+    writer = job.JobWriter(folder)  # this process plays the running worker
+    try:
+        writer.event(job.EventType.PHASE, phase="finetune", title="Phase 2: fine-tuning the whole network")
+        writer.status(phase="finetune", first_batch_expected_s=100.0, version=1, val_accuracy=0.9, usable=True)
+        open_page(app, "pages/train.py")
+        bars = [p for p in app.get("progress") if "first batch" in p.proto.text]
+        assert len(bars) == 1 and "of about 100 s (last time)" in bars[0].proto.text, [p.proto.text for p in bars]
+        assert any("Model ready" in s.value for s in app.success)
+    finally:
+        writer.close()

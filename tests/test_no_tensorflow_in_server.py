@@ -23,7 +23,8 @@ SCRIPT = textwrap.dedent(
 
     tree = ast.parse(open("streamlit_app.py").read())
     pages = [node.args[0].value for node in ast.walk(tree)
-             if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "Page"]
+             if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "Page"
+             and isinstance(node.args[0], ast.Constant)]  # page files (the login page is a function)
     assert len(pages) >= 2, pages
     app = AppTest.from_file("streamlit_app.py", default_timeout=60)
     app.run()

@@ -10,7 +10,7 @@ from expr_core.vision.faces import Face
 GREEN = (80, 200, 60)
 RED = (40, 40, 230)
 WHITE = (255, 255, 255)
-UNCLASSIFIED = (200, 200, 200)  # a face not read yet: light grey, unlike every label's colour
+UNCLASSIFIED = (255, 255, 0)  # a face not read yet: cyan, unlike every label's colour and rare in a face photo
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 BAR_CHARS = 5  # the confidence bar is as wide as this many caption characters
 

@@ -181,7 +181,7 @@ def test_video_file_is_annotated_and_plays_in_chromium(detect_server, page, tmp_
     page.get_by_role("button", name="Annotate").click()
     submitted = time.monotonic()
 
-    done = page.get_by_text(re.compile(rf"^{re.escape(clip.name)} · done$"))
+    done = page.get_by_text(re.compile(rf"^{re.escape(clip.name)} · done · started \d\d \w+ [\d:]+$"))
     wait_for(
         lambda: done.count() or page.get_by_text(re.compile(rf"^{re.escape(clip.name)} · failed")).count(),
         180,

@@ -12,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from expr_core import atomic
@@ -104,6 +105,8 @@ def test_one_job_per_workspace_and_cancel_stops_it(face_settings: Settings):
     with pytest.raises(runs.JobRunning, match=run_id):
         runs.start_training(face_settings, TINY)
     wait_for(lambda: _phase_started(workspace, run_id, "base"), WAIT_S, "the base preparation", 0.02)
+    pid = int(job.worker_identity(runs.run_dir(workspace, run_id)).split(":")[0])
+    assert psutil.Process(pid).nice() == job.WORKER_NICENESS  # below the server's live streams
     assert runs.cancel(workspace, run_id)
     status = job.wait(runs.run_dir(workspace, run_id), timeout_s=WAIT_S)
     assert status["state"] == "cancelled", status

@@ -36,6 +36,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -312,13 +313,23 @@ def is_active(folder: Path) -> bool:
 ONE_BLAS_THREAD = {"OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
 
 
+WORKER_NICENESS = 10
+
+
+def _below_the_server(command: list[str]) -> list[str]:
+    """The command run at a lower CPU priority (``nice`` execs it: same process): a worker's TensorFlow must not
+    starve the server's live streams (a Detect stream dropped while phase 2 started on a loaded 2-core machine)."""
+    nice = shutil.which("nice")
+    return [nice, "-n", str(WORKER_NICENESS), *command] if nice else command
+
+
 def launch(folder: Path, command: list[str], pass_fds: tuple[int, ...] = ()) -> None:
     """Start a worker for the job in ``folder``, in its own session (a page reload or a closed tab does not
     stop it), logging to ``worker.log`` and recording its identity so readers can tell if it dies."""
     _reap_children()
     with open(folder / LOG_FILE, "ab") as log:
         proc = subprocess.Popen(
-            command,
+            _below_the_server(command),
             pass_fds=pass_fds,
             start_new_session=True,
             stdin=subprocess.DEVNULL,

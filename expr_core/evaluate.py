@@ -85,7 +85,7 @@ def load_labelled_folder(
             data.skipped.append((raw.name, f"folder {raw.folder!r} is not one of the model's labels"))
             continue
         try:
-            image = decode_image(raw.data, raw.name)
+            image = decode_image(raw.read(), raw.name)
             crops = (
                 [image]
                 if detector is None

@@ -27,6 +27,7 @@ from expr_core.vision.faces import Face, FaceDetector, detect_and_crop
 from expr_core.vision.images import RawImage, decode_image, iter_path_images, iter_zip_images
 
 COMMIT_EVERY = 256
+COMMIT_BYTES = 32 * 2**20  # decoded crops waiting to be stored: large --cropped photos are committed sooner
 
 
 @dataclass
@@ -120,7 +121,7 @@ def _to_samples(
     session: str,
     subject: str | None,
 ) -> list[NewSample]:
-    image = decode_image(raw.data, raw.name)
+    image = decode_image(raw.read(), raw.name)
     crops: Sequence[tuple[Face | None, np.ndarray]]
     if options.cropped or detector is None:
         crops = [(None, image)]
@@ -173,7 +174,7 @@ def import_raw(
             pending += _to_samples(raw, label, detector, settings, options, report.session, subject)
         except BadInput as exc:
             report.skipped.append((raw.name, str(exc).split(": ", 1)[-1]))
-        if len(pending) >= COMMIT_EVERY:
+        if len(pending) >= COMMIT_EVERY or sum(item.image.nbytes for item in pending) >= COMMIT_BYTES:
             _commit(store, pending, report)
     _commit(store, pending, report)
     return report
@@ -224,7 +225,7 @@ def import_uploads(
         if name.lower().endswith(".zip"):
             raws += list(iter_zip_images(data, name))
         else:
-            raws.append(RawImage(name, data, None))
+            raws.append(RawImage.of(name, data))
     return import_raw(store, raws, detector, settings, options)
 
 

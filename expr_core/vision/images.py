@@ -7,11 +7,12 @@ archive member that tries to escape with ``../``, an absolute path or a link.
 
 from __future__ import annotations
 
+import functools
 import io
 import stat
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -31,11 +32,18 @@ MAX_ZIP_RATIO = 200  # uncompressed/compressed; images barely compress, bombs co
 
 @dataclass(frozen=True)
 class RawImage:
-    """One image file's bytes before decoding; ``folder`` is its parent folder's name (a label hint)."""
+    """One image file before decoding: its name, its parent folder's name (a label hint), and how to read its
+    bytes. They are read only when the image is decoded, so an import holds one file's bytes at a time
+    however much a folder or an archive holds (a 3.5 MB zip of compressible members once took 520 MB)."""
 
     name: str
-    data: bytes
     folder: str | None
+    read: Callable[[], bytes]
+
+    @classmethod
+    def of(cls, name: str, data: bytes, folder: str | None = None) -> RawImage:
+        """An image whose bytes are already here (a browser upload)."""
+        return cls(name, folder, lambda: data)
 
 
 def _rgb8(img: Image.Image) -> np.ndarray:
@@ -135,22 +143,17 @@ def iter_zip_images(data: bytes, archive: str) -> Iterator[RawImage]:
         if info.is_dir() or not is_image_name(info.filename) or PurePosixPath(info.filename).name.startswith("."):
             continue
         parent = PurePosixPath(info.filename).parent.name or None
-        try:
-            content = zf.read(info)
-        except (
-            zipfile.BadZipFile,
-            OSError,
-            ValueError,
-            EOFError,
-            RuntimeError,
-            NotImplementedError,
-            zlib.error,
-        ) as exc:
-            # corrupt data (a bad CRC, a broken deflate stream), or what the checks above could not see
-            raise BadInput(
-                f"{archive}: member {info.filename!r} cannot be read ({exc}); nothing was imported."
-            ) from exc
-        yield RawImage(f"{archive}/{info.filename}", content, parent)
+        yield RawImage(f"{archive}/{info.filename}", parent, functools.partial(_read_member, zf, info, archive))
+
+
+_UNREADABLE = (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zlib.error)
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: str) -> bytes:
+    try:
+        return zf.read(info)
+    except _UNREADABLE as exc:  # corrupt data (a bad CRC, a broken deflate stream), or what the checks missed
+        raise BadInput(f"{archive}: member {info.filename!r} cannot be read ({exc}).") from exc
 
 
 def read_file(path: Path) -> bytes:
@@ -183,10 +186,11 @@ def iter_path_images(path: Path) -> Iterator[RawImage]:
     if path.is_dir():
         for child in sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name)):
             if not any(part.startswith(".") for part in child.relative_to(path).parts):
-                yield RawImage(str(child), read_file(child), child.parent.name if child.parent != path else None)
+                folder = child.parent.name if child.parent != path else None
+                yield RawImage(str(child), folder, functools.partial(read_file, child))
         return
     data = read_file(path)
     if path.suffix.lower() == ".zip" or data[:4] == b"PK\x03\x04":
         yield from iter_zip_images(data, str(path))
     else:
-        yield RawImage(str(path), data, None)
+        yield RawImage.of(str(path), data)

@@ -27,6 +27,8 @@ from expr_core.data.store import JPEG_QUALITY, DatasetStore, NewSample
 from expr_core.errors import DiskFull
 from expr_core.jobs import runs
 from expr_core.live.capture import BurstRequest, Recorder, SampleWriter
+from expr_core.live.pipeline import ExpressionPipeline
+from expr_core.live.video_file import process_video
 from expr_core.registry import ACTIVE_FILE, Registry, RegistryError
 from expr_core.vision.faces import Face, crop_face
 from tests.conftest import REPO, snapshot
@@ -372,3 +374,18 @@ def test_a_lock_held_for_good_without_an_active_run_is_still_refused(settings, m
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_video_written_onto_a_full_disk_fails_clearly_and_leaves_nothing(small_disk, haar, astronaut_bgr, tmp_path):
+    """Review B9: a full disk while writing the annotated video was reported as a damaged input, with the part
+    written so far published as the result."""
+    from tests.test_pipeline_video import scene, write_clip
+
+    clip = write_clip(tmp_path / "in.mp4", [scene(astronaut_bgr, 1, shift=i) for i in range(60)])
+    disk = small_disk("1m")
+    filler = fill(disk)
+    os.truncate(filler, filler.stat().st_size - 8 * PAGE)  # room to start writing, not to finish
+    before = sorted(p.name for p in disk.iterdir())
+    with pytest.raises(DiskFull, match="The disk is full"):
+        process_video(clip, disk / "out.mp4", ExpressionPipeline(haar, None))
+    assert sorted(p.name for p in disk.iterdir()) == before  # no output, no half-written temp files

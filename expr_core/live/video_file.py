@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from expr_core.atomic import TMP_PREFIX
-from expr_core.errors import BadInput
+from expr_core.errors import BadInput, DiskFull, disk_full, is_disk_full
 from expr_core.live.pipeline import ExpressionPipeline
 
 MAX_SIDE = 1280  # larger videos are scaled down: the faces are what matters, and it keeps real time
@@ -128,6 +128,8 @@ def process_video(
                     if on_progress and frames % 10 == 0:
                         on_progress(frames, total)
             except (av.error.FFmpegError, ValueError) as exc:
+                if is_disk_full(exc):  # writing the output failed, not reading the input: nothing is published
+                    raise disk_full(dst.parent) from exc
                 if frames == 0:
                     raise BadInput(f"{src.name}: the video cannot be decoded ({exc}).") from exc
                 warning = (
@@ -142,6 +144,10 @@ def process_video(
         if not cancelled:
             os.replace(tmp_video, dst)
             os.replace(tmp_csv, csv_path_for(dst))
+    except OSError as exc:  # the table's writes, or the muxer closing on a full disk
+        if is_disk_full(exc) and not isinstance(exc, DiskFull):
+            raise disk_full(dst.parent) from exc
+        raise
     finally:
         container.close()
         for tmp in (tmp_video, tmp_csv):

@@ -128,7 +128,7 @@ def model_ready(status: dict[str, Any]) -> None:
         st.page_link("pages/detect.py", label="Try it on Detect", icon=":material/face:")
 
 
-CELL_PX = 70
+CELL_PX, MIN_SIDE_PX = 70, 300
 
 
 def confusion_heatmap(report: dict[str, Any]) -> alt.Chart:
@@ -145,7 +145,7 @@ def confusion_heatmap(report: dict[str, Any]) -> alt.Chart:
     )
     heat = base.mark_rect().encode(color=alt.Color("count:Q", scale=alt.Scale(scheme="blues")))
     text = base.mark_text(fontSize=16).encode(text="count:Q")
-    side = CELL_PX * len(labels)
+    side = max(CELL_PX * len(labels), MIN_SIDE_PX)  # the title must fit too
     return (heat + text).properties(title="Confusion matrix (validation)", width=side, height=side)
 
 

@@ -35,8 +35,10 @@ class DiskFull(UserError):
     """A write failed because the disk (or the user's quota) is full."""
 
 
-class CorruptFile(UserError):
-    """A state file of the app (labels, status, active model, review item, ...) that is not valid JSON."""
+class CorruptFile(UserError, ValueError):
+    """A state file of the app (labels, status, active model, review item, ...) that is not valid JSON.
+
+    Also a ValueError, as the JSON error it replaces was: code that tolerates a damaged cache file still does."""
 
 
 def os_problem(exc: OSError) -> UserError:

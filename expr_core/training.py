@@ -593,6 +593,10 @@ def run_worker(
             return _finish(writer, JobState.FAILED, str(exc))
         except Exception as exc:  # a bug: keep the traceback in the log, tell the user what happened
             traceback.print_exc(file=sys.stderr)
+            if (folder / CANCEL_FILE).exists():
+                # The cancel's interrupt landed inside TensorFlow's C code, which turns it into any exception
+                # (a SystemError from listobject.c was seen): the user asked to stop, and it stopped.
+                return _finish(writer, JobState.CANCELLED, None)
             return _finish(writer, JobState.FAILED, f"Training crashed: {type(exc).__name__}: {exc}")
         finally:
             _clean(folder)

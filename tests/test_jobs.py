@@ -185,3 +185,19 @@ def test_a_run_whose_worker_vanished_is_reported_failed(settings: Settings):
 def test_run_ids_that_are_paths_are_refused(settings: Settings):
     with pytest.raises(job.JobError, match="not a run id"):
         runs.run_status(settings.workspace, "../../etc")
+
+
+def test_a_cancel_that_surfaces_as_another_error_inside_tensorflow_still_cancels(settings: Settings, monkeypatch):
+    """Seen in CI: the cancel's interrupt landed inside TensorFlow's C code and came out as a SystemError, so the
+    run was reported as crashed although the user had asked it to stop."""
+    from expr_core import training
+
+    run_id, folder = runs.create_run(settings.workspace, TINY.to_dict())
+
+    def interrupted(*args: object) -> dict:
+        atomic.write_json(folder / job.CANCEL_FILE, {"requested": time.time()})
+        raise SystemError("Objects/listobject.c:338: bad argument to internal function")
+
+    monkeypatch.setattr(training, "train_run", interrupted)
+    assert training.run_worker(settings, run_id)["state"] == "cancelled"
+    assert runs.run_status(settings.workspace, run_id)["state"] == "cancelled"

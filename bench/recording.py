@@ -29,6 +29,7 @@ from expr_core import bases
 from expr_core.bases import BaseKey
 from expr_core.data.features import FeatureStore, Featurizer
 from expr_core.data.store import DatasetStore
+from expr_core.jobs import prepare
 from expr_core.live.capture import BurstRequest, Recorder, SampleWriter, annotate_capture_frame
 from expr_core.settings import Settings
 from expr_core.train_config import TrainConfig
@@ -38,12 +39,6 @@ BURST = BurstRequest("happy", count=30, interval_s=0.2, countdown_s=0)
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def prepare(settings: Settings, key: BaseKey) -> None:
-    command = [sys.executable, "-m", "expr_core", "base", "prepare", "--backbone", key.backbone]
-    command += ["--weights", key.weights, "--image-size", str(key.image_size), "--cache-dir", str(settings.cache_dir)]
-    subprocess.run([*command, "--models-dir", str(settings.models_dir)], check=True, capture_output=True)
 
 
 def record(settings: Settings, key: BaseKey | None, frames: list, detector, workspace: Path, fps: float | None) -> dict:
@@ -95,7 +90,7 @@ def main() -> None:
     }
     for base in filter(None, modes.values()):
         log(f"preparing {base.slug()}")
-        prepare(settings, base)
+        subprocess.run(prepare.base_command(settings, base), check=True, capture_output=True)
     result: dict = {"burst": {"crops": BURST.count, "interval_s": BURST.interval_s}}
     for pace, fps in (("camera_30fps", 30.0), ("capacity", None)):
         runs: dict[str, list[dict]] = {name: [] for name in modes}

@@ -43,7 +43,7 @@ from expr_core.data.store import DatasetStore
 from expr_core.data.transfer import ImportOptions, import_paths
 from expr_core.evaluate import classification_report, load_labelled_folder
 from expr_core.jobs import folder as job
-from expr_core.jobs import runs
+from expr_core.jobs import prepare, runs
 from expr_core.registry import ModelFiles, Registry
 from expr_core.serving import open_model
 from expr_core.settings import Settings
@@ -223,9 +223,7 @@ def legacy_path(settings: Settings, config: TrainConfig) -> dict:
 def prepare_base(settings: Settings, key: BaseKey) -> float:
     """Seconds to prepare the base once (the Train page starts this job when a backbone is chosen)."""
     start = time.perf_counter()
-    command = [sys.executable, "-m", "expr_core", "base", "prepare", "--backbone", key.backbone]
-    command += ["--weights", key.weights, "--image-size", str(key.image_size), "--cache-dir", str(settings.cache_dir)]
-    subprocess.run([*command, "--models-dir", str(settings.models_dir)], check=True, capture_output=True)
+    subprocess.run(prepare.base_command(settings, key), check=True, capture_output=True)
     return round(time.perf_counter() - start, 1)
 
 

@@ -39,29 +39,32 @@ def latest_job(workspace: Path, name: str = STARTER) -> Path | None:
     return next(iter(_jobs(workspace, name)), None)
 
 
+def _command(settings: Settings, *args: str) -> list[str]:
+    """``python -m expr_core ARGS`` with the settings' model and cache folders."""
+    places = ["--models-dir", str(settings.models_dir), "--cache-dir", str(settings.cache_dir)]
+    return [sys.executable, "-m", "expr_core", *args, *places]
+
+
+def base_command(settings: Settings, key: BaseKey) -> list[str]:
+    """The command line that prepares a base (the background job's; the benchmarks run it too)."""
+    weights = ["--weights", key.weights, "--image-size", str(key.image_size)]
+    return _command(settings, "base", "prepare", "--backbone", key.backbone, *weights)
+
+
 def _start(settings: Settings, name: str, command: list[str]) -> Path:
     running = active_job(settings.workspace, name)
     if running is not None:
         return running
     folder = job.create_job(prepare_dir(settings.workspace), "prepare", name=name)
-    options = [
-        "--job-dir",
-        str(folder),
-        "--models-dir",
-        str(settings.models_dir),
-        "--cache-dir",
-        str(settings.cache_dir),
-    ]
-    job.launch(folder, [sys.executable, "-m", "expr_core", *command, *options])
+    job.launch(folder, [*command, "--job-dir", str(folder)])
     return folder
 
 
 def start_preparing(settings: Settings) -> Path:
     """The running preparation of the starter model, started now if none runs."""
-    return _start(settings, STARTER, ["starter", "prepare"])
+    return _start(settings, STARTER, _command(settings, "starter", "prepare"))
 
 
 def start_preparing_base(settings: Settings, key: BaseKey) -> Path:
     """The running preparation of a backbone's frozen base (about a minute for DenseNet201), started if none runs."""
-    command = ["base", "prepare", "--backbone", key.backbone, "--weights", key.weights]
-    return _start(settings, key.slug(), [*command, "--image-size", str(key.image_size)])
+    return _start(settings, key.slug(), base_command(settings, key))

@@ -218,9 +218,10 @@ def ensure_base(settings: Settings, key: BaseKey, writer: JobWriter) -> Path:
 
 
 def fill_features(
-    store: DatasetStore, samples: list[Sample], key: BaseKey, base: LiteRTModel, writer: JobWriter, guard: CancelGuard
+    store: DatasetStore, samples: list[Sample], key: BaseKey, base_dir: Path, writer: JobWriter, guard: CancelGuard
 ) -> FeatureStore:
-    """Compute the features of every sample that has none for this base (most were made when they were saved)."""
+    """Compute the features of every sample that has none for this base (most were made when they were saved);
+    the base is loaded only then."""
     features = FeatureStore(store.root, key.slug())
     missing = set(features.missing(s.id for s in samples))
     if not missing:
@@ -243,7 +244,7 @@ def fill_features(
             writer.status(throttle_s=STATUS_EVERY_S, **fields)
 
     try:
-        features.compute(base, images(), progress)
+        features.compute(LiteRTModel(ModelFiles(base_dir).tflite), images(), progress)
     except Exception as exc:
         if is_disk_full(exc):  # what this run computed is given back, so the run can still record its failure
             features.discard(s.id for s in todo)
@@ -464,9 +465,8 @@ def first_model(context: RunContext) -> Published:
             "from random values, so accuracy will be much lower than with pretrained weights.",
         )
     base_dir = ensure_base(context.settings, context.key, context.writer)
-    base = LiteRTModel(ModelFiles(base_dir).tflite)
     samples = context.split.train + context.split.val
-    features = fill_features(context.store, samples, context.key, base, context.writer, context.guard)
+    features = fill_features(context.store, samples, context.key, base_dir, context.writer, context.guard)
     data = HeadData.of(features, context.split)
     result = train_first_head(data, context.split.labels, context.config, context.writer, context.guard)
     phase(context.writer, Phase.EVALUATE, "Measuring the model on the validation faces")

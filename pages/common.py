@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from expr_core import assets, bases, starter
 from expr_core.backbones import expression_weights_available
@@ -29,6 +30,7 @@ from expr_core.serving import Predictor, open_model
 from expr_core.settings import Settings, load_settings
 from expr_core.starter import StarterClassifier
 from expr_core.vision.faces import FaceDetector, open_detector
+from pages import upload_gate
 
 
 def _secrets() -> dict[str, Any]:
@@ -79,15 +81,19 @@ def _team_password() -> str | None:
 
 
 def has_access() -> bool:
-    """Whether the visitor may use the app (nothing is drawn).
+    """Whether the visitor may use the app (nothing is drawn); the upload gate learns the answer too.
 
     Off by default (a local app needs no login). With an ``[auth]`` section in secrets, visitors log in
     with ``st.login`` (OIDC) and their e-mail is stored with their samples; with ``team_password`` in
     secrets (or ``EXPR_TEAM_PASSWORD``), they type the shared password once per browser session.
     """
     if "auth" in _secrets():
-        return bool(st.user.is_logged_in)
-    return not _team_password() or bool(st.session_state.get("access_granted"))
+        allowed = bool(st.user.is_logged_in)
+    else:
+        allowed = not _team_password() or bool(st.session_state.get("access_granted"))
+    if ctx := get_script_run_ctx():
+        upload_gate.ALLOWED.record(ctx.session_id, allowed)
+    return allowed
 
 
 def login() -> NoReturn:

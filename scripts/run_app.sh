@@ -7,4 +7,4 @@ PYTHON=${PYTHON:-python3.11}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r requirements.txt -c constraints.txt
-exec .venv/bin/streamlit run streamlit_app.py "$@"
+exec .venv/bin/streamlit run server.py "$@"

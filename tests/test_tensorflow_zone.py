@@ -39,7 +39,12 @@ def imports_of(path: Path) -> set[str]:
 
 
 def project_modules() -> dict[str, Path]:
-    files = [ROOT / "streamlit_app.py", *(ROOT / "expr_core").rglob("*.py"), *(ROOT / "pages").glob("*.py")]
+    files = [
+        ROOT / "server.py",
+        ROOT / "streamlit_app.py",
+        *(ROOT / "expr_core").rglob("*.py"),
+        *(ROOT / "pages").glob("*.py"),
+    ]
     return {module_name(path): path for path in files}
 
 

@@ -1,4 +1,4 @@
-"""Real-browser fixtures: a fake webcam clip, a ``streamlit run`` server, headless Chromium, page helpers.
+"""Real-browser fixtures: a fake webcam clip, a ``streamlit run server.py`` server, headless Chromium, page helpers.
 
 Every browser test (Capture now; Train and Detect later) builds on these:
 
@@ -202,7 +202,7 @@ def _die_with_parent() -> None:
 
 @dataclass
 class StreamlitServer:
-    """A running ``streamlit run streamlit_app.py``."""
+    """A running ``streamlit run server.py`` (the app behind its upload gate)."""
 
     url: str
     workspace: Path
@@ -283,7 +283,7 @@ def start_streamlit(
     port = free_port()
     log_path = root / f"streamlit-{port}.log"
     cmd = [
-        sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
+        sys.executable, "-m", "streamlit", "run", "server.py", "--server.headless", "true",
         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
         "--secrets.files", str(root / "secrets.toml"),
     ]  # fmt: skip

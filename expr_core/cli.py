@@ -27,7 +27,7 @@ from expr_core.live.pipeline import (
     ExpressionPipeline,
 )
 from expr_core.serving import Classifier, Predictor, open_model
-from expr_core.settings import Settings, load_settings
+from expr_core.settings import JOB_BACKENDS, Settings, load_settings
 from expr_core.starter import StarterClassifier
 
 if TYPE_CHECKING:
@@ -66,6 +66,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         changes["detector"] = args.detector
     if getattr(args, "cache_dir", None):
         changes["cache_dir"] = Path(args.cache_dir)
+    if getattr(args, "backend", None):
+        changes["job_backend"] = args.backend
+    if getattr(args, "ray_address", None):
+        changes["ray_address"] = args.ray_address
     return settings.with_(**changes)
 
 
@@ -126,6 +130,14 @@ def cmd_video(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     folder = Path(args.job_dir) if args.job_dir else None
+    if settings.job_backend == "ray":
+        from expr_core.jobs import ray_backend
+
+        options = ["--smoothing", str(args.smoothing), "--faces-per-frame", str(args.faces_per_frame)]
+        options += ["--reads-per-second", str(args.reads_per_second), "--detect-side", str(args.detect_side)]
+        options += ["--labels", args.labels] if args.labels else []
+        print(ray_backend.video(settings, Path(args.input), Path(args.output), args.model, options, folder))
+        return 0
     with reporting_to(folder) as writer:
         pipeline = ExpressionPipeline(
             _detector(settings),
@@ -144,11 +156,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Grad-CAM heat maps for every face of an image, written as PNGs; a JSON summary on stdout."""
     from expr_core.vision.images import decode_image, read_file
 
+    settings = _settings(args)
+    image = decode_image(read_file(Path(args.image)), args.image)  # refused here, before anything is shipped
+    if settings.job_backend == "ray":
+        from expr_core.jobs import ray_backend
+
+        print(ray_backend.explain(settings, Path(args.image), args.model, Path(args.out)))
+        return 0
     limit_onednn_to_avx2()  # a gradient through any backbone: the one kernel set that is safe for all of them
     from expr_core.worker.explain import explain_image
 
-    settings = _settings(args)
-    image = decode_image(read_file(Path(args.image)), args.image)
     faces = explain_image(Path(args.model), image, _detector(settings), settings, Path(args.out))
     print(_json({"image": args.image, "faces": faces}))
     return 0
@@ -264,10 +281,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = _train_config(args, settings)
         lock_fd = runs.acquire_lock(settings.workspace)
         run_id, _ = runs.create_run(settings.workspace, config.to_dict())
-    prepare_tensorflow(runs.run_config(settings.workspace, run_id).get("backbone"))  # for phase 2, if it comes
-    from expr_core.training import run_worker  # no TensorFlow until the first model is out
+    if settings.job_backend == "ray":
+        from expr_core.jobs import ray_backend
 
-    result = run_worker(settings, run_id, lock_fd, echo=_print_progress)
+        result = ray_backend.train(settings, run_id, lock_fd, echo=_print_progress)
+    else:
+        prepare_tensorflow(runs.run_config(settings.workspace, run_id).get("backbone"))  # for phase 2, if it comes
+        from expr_core.training import run_worker  # no TensorFlow until the first model is out
+
+        result = run_worker(settings, run_id, lock_fd, echo=_print_progress)
     if args.json:
         print(_json(result, indent=2))
     elif result["state"] == JobState.DONE:
@@ -488,6 +510,7 @@ def _train_parser(sub) -> None:
     train.add_argument("--run-id", help=argparse.SUPPRESS)  # set when the app launches the worker
     train.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)
     _common(train)
+    _backend_options(train)
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="measure a model on a folder with one subfolder per label")
@@ -504,6 +527,11 @@ def _prepare_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--job-dir", help=argparse.SUPPRESS)  # set when the app runs this as a background job
     _common(parser, workspace=False)
+
+
+def _backend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=list(JOB_BACKENDS), help="where the job runs (EXPR_JOB_BACKEND)")
+    parser.add_argument("--ray-address", help="the Ray cluster for --backend ray (EXPR_RAY_ADDRESS)")
 
 
 def _common(parser: argparse.ArgumentParser, workspace: bool = True) -> None:
@@ -552,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     video.add_argument("--job-dir", help=argparse.SUPPRESS)  # set when the app runs this as a background job
     _common(video, workspace=True)
+    _backend_options(video)
     video.set_defaults(func=cmd_video)
 
     prepare = sub.add_parser("starter", help="the starter model (pretrained, not trained on your team)")
@@ -572,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--model", required=True, help="run folder or .keras file")
     explain.add_argument("--out", required=True, help="folder for the crops and heat maps (PNG)")
     _common(explain, workspace=False)
+    _backend_options(explain)
     explain.set_defaults(func=cmd_explain)
 
     dataset = sub.add_parser("dataset", help="manage the labelled dataset").add_subparsers(dest="action", required=True)

@@ -16,6 +16,11 @@ Environment variables (all optional):
   ``[{"urls": ["turn:turn.example.org:3478"], "username": "u", "credential": "p"}]``.
 - ``EXPR_ICE_TRANSPORT_POLICY``: ``all`` (default) or ``relay``: the browser then uses only TURN relays,
   which proves (and forces) the relay path of a hosted deployment. Also ``ice_transport_policy`` in secrets.
+- ``EXPR_JOB_BACKEND``: where training, video and explanation jobs run: ``local`` (worker processes on this
+  machine, the default) or ``ray`` (a Ray cluster, :mod:`expr_core.jobs.ray_backend`). Also ``job_backend``
+  in secrets.
+- ``EXPR_RAY_ADDRESS``: the Ray cluster (``ray://head:10001`` or ``head:6379``; ``auto`` finds a local one);
+  setting it chooses the ``ray`` backend unless ``EXPR_JOB_BACKEND`` says otherwise. Also ``ray_address``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from expr_core.errors import UserError
 
 DETECTORS = ("yunet", "ssd", "haar")
 ICE_TRANSPORT_POLICIES = ("all", "relay")
+JOB_BACKENDS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,12 @@ class Settings:
     quantized_serving: bool = True
     ice_servers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     ice_transport_policy: str = "all"
+    job_backend: str = "local"
+    ray_address: str | None = None
+
+    def backend_args(self) -> list[str]:
+        """The job backend as command-line options, for the worker commands the app starts."""
+        return ["--backend", self.job_backend] + (["--ray-address", self.ray_address] if self.ray_address else [])
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some fields changed (settings are immutable so they can be shared by threads)."""
@@ -86,6 +98,11 @@ def load_settings(env: Mapping[str, str] | None = None, secrets: Mapping[str, An
     policy = str(secrets.get("ice_transport_policy") or env.get("EXPR_ICE_TRANSPORT_POLICY") or "all").strip().lower()
     if policy not in ICE_TRANSPORT_POLICIES:
         raise UserError(f"ICE transport policy {policy!r} is unknown; choose 'all' or 'relay' (TURN only).")
+    ray_address = str(secrets.get("ray_address") or env.get("EXPR_RAY_ADDRESS") or "").strip() or None
+    backend = str(secrets.get("job_backend") or env.get("EXPR_JOB_BACKEND") or ("ray" if ray_address else "local"))
+    backend = backend.strip().lower()
+    if backend not in JOB_BACKENDS:
+        raise UserError(f"Job backend {backend!r} is unknown; choose 'local' or 'ray'.")
     return Settings(
         workspace=Path(env.get("EXPR_HOME", "workspace")),
         models_dir=Path(env.get("EXPR_MODELS_DIR", "models")),
@@ -95,4 +112,6 @@ def load_settings(env: Mapping[str, str] | None = None, secrets: Mapping[str, An
         quantized_serving=env.get("EXPR_QUANTIZED", "1") != "0",
         ice_servers=parse_ice_servers(ice_raw),
         ice_transport_policy=policy,
+        job_backend=backend,
+        ray_address=ray_address,
     )

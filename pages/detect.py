@@ -43,8 +43,11 @@ def explain(data: bytes, name: str, model: str) -> list[dict]:
                 str(Path(tmp) / "out"),
                 "--models-dir",
                 str(cfg.models_dir),
+                "--cache-dir",
+                str(cfg.cache_dir),
                 "--detector",
                 cfg.detector,
+                *cfg.backend_args(),
             ],
             timeout_s=300,
         )

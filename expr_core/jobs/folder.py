@@ -134,6 +134,9 @@ def read_status(folder: Path) -> dict[str, Any]:
     return atomic.read_json(Path(folder) / STATUS_FILE, {}) or {}
 
 
+_OWN_STATUS = frozenset({"job_id", "kind", "created", "started", "worker", "elapsed", "updated", "cancel_requested"})
+
+
 class JobWriter:
     """The worker's side: appends events and keeps ``status.json`` current. Only the worker uses one.
 
@@ -157,10 +160,7 @@ class JobWriter:
     def event(self, type_: EventType, **fields: Any) -> dict[str, Any]:
         """Append one event line (flushed at once so readers see it) and return it."""
         record = {"type": str(type_), "t": round(time.time(), 3), "elapsed": round(self.elapsed(), 2), **fields}
-        self._events.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._events.flush()
-        if self._echo:
-            self._echo(record)
+        self.append(record)
         return record
 
     def status(self, throttle_s: float = 0.0, **changes: Any) -> None:
@@ -171,6 +171,22 @@ class JobWriter:
             return
         atomic.write_json(self.folder / STATUS_FILE, self._status)
         self._last_status_write = now
+
+    @property
+    def state(self) -> str | None:
+        return self._status.get("state")
+
+    def append(self, event: dict[str, Any]) -> None:
+        """Append an event as it is (one made here, or elsewhere: a job on a Ray cluster)."""
+        self._events.write(json.dumps(event, ensure_ascii=False) + "\n")
+        self._events.flush()
+        if self._echo:
+            self._echo(event)
+
+    def mirror(self, status: dict[str, Any]) -> None:
+        """Take over another process's status of this job (a job on a Ray cluster), keeping this process as the
+        job's worker: readers judge the job alive by this process."""
+        self.status(**{k: v for k, v in status.items() if k not in _OWN_STATUS}, throttle_s=0.0)
 
     def cancel_requested(self) -> bool:
         return cancel_requested(self.folder)

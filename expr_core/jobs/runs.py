@@ -135,10 +135,12 @@ def training_lock(workspace: Path, inherited_fd: int | None = None) -> Iterator[
 # -- starting and cancelling ---------------------------------------------------------------------
 def worker_command(settings: Settings, run_id: str, lock_fd: int) -> list[str]:
     """The command line of a training worker: the CLI's ``train`` on an existing run, with the server's places
-    for model files (a base prepared in its cache is the worker's too)."""
+    for model files (a base prepared in its cache is the worker's too) and job backend (with ``ray`` the worker
+    is the run's supervisor here, see :mod:`expr_core.jobs.ray_backend`)."""
     places = ["--models-dir", str(settings.models_dir), "--cache-dir", str(settings.cache_dir)]
     run = ["--run-id", run_id, "--lock-fd", str(lock_fd)]
-    return [sys.executable, "-m", "expr_core", "train", "--workspace", str(settings.workspace), *places, *run]
+    train = [sys.executable, "-m", "expr_core", "train", "--workspace", str(settings.workspace)]
+    return [*train, *places, *run, *settings.backend_args()]
 
 
 def start_training(settings: Settings, config: TrainConfig) -> str:

@@ -75,6 +75,7 @@ def start_video_job(settings: Settings, name: str, data: bytes, model: str, labe
             str(settings.models_dir),
             "--detector",
             settings.detector,
+            *settings.backend_args(),
         ],
     )
     return folder.name

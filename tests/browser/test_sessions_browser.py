@@ -15,7 +15,6 @@ Run: ``scripts/in_netns.sh .venv/bin/python -m pytest tests/browser -v``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -106,15 +105,25 @@ def ensure_playing(page) -> int:
     return start_camera(page, max_tries=START_TRIES, timeout=START_TIMEOUT)
 
 
-@pytest.mark.skipif(
-    os.environ.get("EXPR_LOAD_BROWSER") != "1",
-    reason=(
-        "load test, opt-in (EXPR_LOAD_BROWSER=1): three WebRTC sessions on 2 cores are load-sensitive; in a clean "
-        "CI-like run one session's video never appeared within 30 s (streamlit-webrtc stops a stream whose ICE "
-        "consent answers come late). Passed at load 1-5 (3.8/3.9/2.9 fps; idle: 8.9/9.7/12.3 fps after one restart "
-        "for two streams); see docs/benchmarks.md."
-    ),
-)
+def start_until_boxed(page, what: str) -> int:
+    """Start a session's camera until the server's face box shows in its returned video; returns the clicks.
+
+    On 2 loaded cores a new stream can start and then stop before its first processed frame (streamlit-webrtc
+    stops a stream whose ICE consent answers come late): a user presses Start again, and so does this, counted.
+    """
+    clicks = 0
+    for _ in range(START_TRIES):
+        clicks += start_camera(page, max_tries=START_TRIES, timeout=START_TIMEOUT)
+        try:
+            wait_for(lambda: overlay_pixels(page)["green"] >= MIN_OVERLAY_PIXELS, 30, what)
+            return clicks
+        except AssertionError:
+            stop = webrtc_frame(page).get_by_role("button", name="Stop", exact=True)
+            if stop.count():
+                stop.click()
+    raise AssertionError(f"{what}: not seen after {clicks} Start clicks")
+
+
 @pytest.mark.browser_timeout(420)
 def test_three_sessions_stream_at_once(app, browser_15fps, new_page, artifacts: Path, results):
     # 15 fps webcams (issue 5 counts 15 fps streams). Measured here: one 30 fps stream alone keeps ~1.1 cores of
@@ -127,13 +136,8 @@ def test_three_sessions_stream_at_once(app, browser_15fps, new_page, artifacts: 
     tries, alone = [], None
     for i, page in enumerate(pages):
         clicked = time.monotonic()
-        tries.append(start_camera(page, max_tries=START_TRIES, timeout=START_TIMEOUT))
+        tries.append(start_until_boxed(page, f"session {i + 1}: the server's face box in its returned video"))
         results(f"sessions_start_seconds_{i + 1}", round(time.monotonic() - clicked, 1))
-        wait_for(
-            lambda p=page: overlay_pixels(p)["green"] >= MIN_OVERLAY_PIXELS,
-            30,
-            f"session {i + 1}: the server's face box in its returned video",
-        )
         if i == 0:
             alone = measure_fps(pages[:1], MEASURE_SECONDS / 2)[0]
     results("sessions_fps_alone", alone)

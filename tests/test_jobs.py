@@ -182,6 +182,25 @@ def test_a_run_whose_worker_vanished_is_reported_failed(settings: Settings):
     assert json.loads((folder / job.STATUS_FILE).read_text())["state"] == "failed"
 
 
+def test_a_worker_on_another_host_is_judged_by_its_heartbeat(settings: Settings):
+    """Two app replicas on one shared workspace, on two hosts: the replica that did not launch a job cannot see
+    its process, and must not call it dead while its heartbeat goes on (pids mean nothing across hosts)."""
+    run_id, folder = runs.create_run(settings.workspace, TINY.to_dict())
+    writer = job.JobWriter(folder)  # a live worker here: it records its host and beats
+    wait_for(lambda: (folder / job.HEARTBEAT_FILE).is_file(), 10, "the first heartbeat")
+    writer.close()
+    status = json.loads((folder / job.STATUS_FILE).read_text())
+    assert status["host"] == job.HOST
+    elsewhere = {**status, "host": "replica-2.example", "worker": "999999:1.00"}  # no such process here
+    atomic.write_json(folder / job.STATUS_FILE, elsewhere)
+    (folder / job.HEARTBEAT_FILE).touch()
+    assert runs.run_status(settings.workspace, run_id)["state"] == "running"
+    stale = time.time() - job.HEARTBEAT_STALE_S - 1
+    os.utime(folder / job.HEARTBEAT_FILE, (stale, stale))
+    status = runs.run_status(settings.workspace, run_id)
+    assert status["state"] == "failed" and "stopped unexpectedly" in status["error"]
+
+
 def test_run_ids_that_are_paths_are_refused(settings: Settings):
     with pytest.raises(job.JobError, match="not a run id"):
         runs.run_status(settings.workspace, "../../etc")

@@ -4,16 +4,11 @@ fails the run and changes nothing, and video and explanation jobs come back with
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
-import secrets
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,51 +25,19 @@ from expr_core.registry import ACTIVE_FILE, FINETUNED_DIR, ModelFiles, Registry
 from expr_core.serving import open_model
 from expr_core.settings import Settings, load_settings
 from tests.conftest import REPO, snapshot
+from tests.ray_cluster import free_port, local_ray_cluster
 from tests.test_jobs import _fake_published_run
 from tests.test_train_split import TINY, add_face_samples
 from tests.waiting import wait_for
 
 WAIT_S = 300
-RAY = Path(sys.executable).with_name("ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cluster_processes(temp_dir: str) -> list[psutil.Process]:
-    """The processes of the cluster started with ``--temp-dir temp_dir`` (and only those: others may run Ray)."""
-    return [p for p in psutil.process_iter(["cmdline"]) if any(temp_dir in part for part in p.info["cmdline"] or [])]
 
 
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
-    """A one-node Ray cluster (2 CPUs, no dashboard) for this module; stopped, all its processes, at the end.
-
-    Token authentication on, as on a real cluster: its token is in a file of its own, and this test process and
-    the supervisors it starts are given it the way the README tells a team (``RAY_AUTH_MODE``, the token)."""
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
-    token = Path(temp_dir, "auth_token")
-    token.write_text(secrets.token_hex(32))
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    port = _free_port()
-    command = [str(RAY), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port)]
-    command += ["--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp_dir]
-    env = {**os.environ, **auth, "RAY_ADDRESS": ""}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    saved = {k: os.environ.get(k) for k in auth}
-    os.environ.update(auth)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
-        for process in _cluster_processes(temp_dir):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
+    """A real one-node Ray cluster for this module (see :mod:`tests.ray_cluster`)."""
+    with local_ray_cluster() as address:
+        yield address
 
 
 @pytest.fixture
@@ -213,7 +176,7 @@ def test_an_explanation_runs_on_ray_and_its_heat_maps_come_back(
 
 def test_an_unreachable_cluster_fails_the_run_with_a_clear_message(settings: Settings, astronaut_bgr):
     add_face_samples(settings.workspace, astronaut_bgr)
-    nowhere = settings.with_(job_backend="ray", ray_address=f"127.0.0.1:{_free_port()}")
+    nowhere = settings.with_(job_backend="ray", ray_address=f"127.0.0.1:{free_port()}")
     run_id = runs.start_training(nowhere, TINY)
     status = job.wait(runs.run_dir(settings.workspace, run_id), timeout_s=WAIT_S)
     assert status["state"] == "failed" and "Could not reach the Ray cluster" in status["error"], status

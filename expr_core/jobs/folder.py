@@ -7,6 +7,8 @@ Training runs, model imports and video jobs all keep one folder each with:
 ``worker.json``   identity (pid and start time) of the launched worker, so a dead one is told from a slow one
 ``worker.log``    the worker's stdout/stderr (tracebacks of crashes end up here)
 ``cancel``        exists once a cancel was requested
+``heartbeat``     touched every few seconds while the worker lives: how an app replica on *another* host (one
+                  workspace on a shared folder) tells a live worker from a dead one, since it cannot see its process
 
 Readers never talk to the worker: a page after a reload, another browser session and the CLI all
 reattach by reading ``status.json`` and ``events.jsonl`` (incrementally, see :func:`read_events`).
@@ -37,7 +39,9 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from enum import StrEnum
@@ -50,7 +54,10 @@ from expr_core import atomic
 from expr_core.errors import CorruptFile, UserError
 
 STATUS_FILE, EVENTS_FILE, CONFIG_FILE = "status.json", "events.jsonl", "config.json"
-WORKER_FILE, LOG_FILE, CANCEL_FILE = "worker.json", "worker.log", "cancel"
+WORKER_FILE, LOG_FILE, CANCEL_FILE, HEARTBEAT_FILE = "worker.json", "worker.log", "cancel", "heartbeat"
+HOST = socket.gethostname()
+HEARTBEAT_S = 5.0
+HEARTBEAT_STALE_S = 60.0  # a worker on another host is judged dead after this long without a heartbeat
 JOB_ID_PATTERN = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{4}$")
 LOG_TAIL_LINES = 15
 LAUNCH_GRACE_S = 30.0
@@ -152,7 +159,17 @@ class JobWriter:
         self._status = read_status(self.folder) or {"job_id": self.job_id, "created": self.started}
         self._events = open(self.folder / EVENTS_FILE, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         self._last_status_write = 0.0
-        self.status(state=JobState.RUNNING, started=self.started, worker=process_identity(os.getpid()))
+        self.status(state=JobState.RUNNING, started=self.started, worker=process_identity(os.getpid()), host=HOST)
+        self._stopped = threading.Event()
+        threading.Thread(target=self._beat, name="job-heartbeat", daemon=True).start()
+
+    def _beat(self) -> None:
+        """Touch the heartbeat file until the writer closes (readers on other hosts watch its age)."""
+        while True:
+            with contextlib.suppress(OSError):
+                (self.folder / HEARTBEAT_FILE).touch()
+            if self._stopped.wait(HEARTBEAT_S):
+                return
 
     def elapsed(self) -> float:
         return time.time() - self.started
@@ -192,6 +209,7 @@ class JobWriter:
         return cancel_requested(self.folder)
 
     def close(self) -> None:
+        self._stopped.set()
         self._events.close()
 
 
@@ -263,7 +281,19 @@ def worker_identity(folder: Path) -> str | None:
     return status.get("worker") or (atomic.read_json(Path(folder) / WORKER_FILE, {}) or {}).get("worker")
 
 
+def worker_host(folder: Path) -> str:
+    """The host the job's worker runs on (this one for jobs recorded before hosts were)."""
+    status = read_status(folder)
+    return status.get("host") or (atomic.read_json(Path(folder) / WORKER_FILE, {}) or {}).get("host") or HOST
+
+
 def worker_alive(folder: Path) -> bool:
+    """Whether the job's worker lives: its process, on this host; its heartbeat, on another (an app replica)."""
+    if worker_host(folder) != HOST:
+        try:
+            return time.time() - (Path(folder) / HEARTBEAT_FILE).stat().st_mtime < HEARTBEAT_STALE_S
+        except FileNotFoundError:
+            return False
     identity = worker_identity(folder)
     return identity is not None and process_identity(int(identity.split(":")[0])) == identity
 
@@ -353,7 +383,9 @@ def launch(folder: Path, command: list[str], pass_fds: tuple[int, ...] = ()) -> 
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", **ONE_BLAS_THREAD},
         )
-    atomic.write_json(folder / WORKER_FILE, {"worker": process_identity(proc.pid), "launched": time.time()})
+    atomic.write_json(
+        folder / WORKER_FILE, {"worker": process_identity(proc.pid), "host": HOST, "launched": time.time()}
+    )
     _children[folder.name] = proc
 
 

@@ -212,6 +212,13 @@ def _history(history: keras.callbacks.History) -> dict[str, list[float]]:
     return {k: [round(float(v), 8) for v in values] for k, values in history.history.items()}
 
 
+def distribution() -> tf.distribute.Strategy:
+    """All the worker's GPUs when it has several (a multi-GPU Ray worker): one replica per GPU, gradients
+    averaged (MirroredStrategy); otherwise TensorFlow's default, one device."""
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+
+
 def fine_tune_run(context: RunContext, first: Published | None) -> Published | None:
     """Fine-tune from the first model's head (or a fresh one when phase 1 is off) and publish the result as
     the run's next version if it beats the first; ``None`` when it does not (the first model stays)."""
@@ -219,13 +226,17 @@ def fine_tune_run(context: RunContext, first: Published | None) -> Published | N
     labels = split.labels
     phase(writer, Phase.FINETUNE, "Phase 2: loading the images and building the whole network")
     train, val = split_arrays(context.store, split, config.image_size)
-    net = base_network(context.settings, context.key, len(labels))
-    head_history = {}
-    if first is not None:
-        first_files = ModelFiles(registry.version_dir(context.run_id, first.version))
-        net.head.set_weights(HeadWeights.load(first_files.head).as_list())
-        head_history = (atomic.read_json(first_files.folder / HISTORY_FILE, {}) or {}).get("head", {})
-    history = fine_tune(context, net, train, val)
+    strategy = distribution()
+    if strategy.num_replicas_in_sync > 1:
+        writer.event(EventType.INFO, message=f"Fine-tuning on {strategy.num_replicas_in_sync} GPUs (mirrored).")
+    with strategy.scope():  # the network, its optimizer and its metrics live on every replica
+        net = base_network(context.settings, context.key, len(labels))
+        head_history = {}
+        if first is not None:
+            first_files = ModelFiles(registry.version_dir(context.run_id, first.version))
+            net.head.set_weights(HeadWeights.load(first_files.head).as_list())
+            head_history = (atomic.read_json(first_files.folder / HISTORY_FILE, {}) or {}).get("head", {})
+        history = fine_tune(context, net, train, val)
     best = max(history[SELECTION])
     if first is not None and not best > first.score:
         writer.event(

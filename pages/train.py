@@ -25,6 +25,8 @@ cfg, store = common.settings(), common.store()
 registry = Registry(cfg.workspace)
 counts = store.stats()
 st.caption("Samples per label: " + " · ".join(f"{label}: {n}" for label, n in counts.items()))
+if cfg.job_backend == "ray":
+    st.caption(f"Training runs on the Ray cluster at {cfg.ray_address or 'auto'}; progress shows here as usual.")
 
 running = runs.active_run(cfg.workspace)
 SIZES = [48, 64, 96, 128, 160, 224]

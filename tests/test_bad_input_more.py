@@ -116,6 +116,7 @@ def test_training_that_cannot_start_says_why_and_changes_nothing(make, tmp_path,
     assert sorted(p.name for p in runs.run_dir(ws, result["run_id"]).iterdir()) == [
         "config.json",
         "events.jsonl",
+        "heartbeat",
         "status.json",
     ]  # no model, no scratch folder
     assert Registry(ws).active_id() == previous

@@ -327,7 +327,7 @@ def test_training_onto_a_full_disk_fails_clearly_and_publishes_nothing(small_dis
     assert _without_features(snapshot(workspace / "dataset")) == dataset_before
     assert (workspace / ACTIVE_FILE).read_bytes() == active_before and Registry(workspace).active_id() == previous
     folder = runs.run_dir(workspace, run_id)
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "events.jsonl", "status.json"]  # no model,
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "events.jsonl", "heartbeat", "status.json"]
     assert not list(workspace.rglob(".tmp-*"))  # no staging folder, no scratch files, no temp files anywhere
     info = Registry(workspace).get(run_id)
     assert (info.state, info.labels) == ("failed", [])

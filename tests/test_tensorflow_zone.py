@@ -76,7 +76,7 @@ def test_nothing_outside_the_zone_but_the_cli_imports_the_zone():
 
 def test_the_server_never_reaches_the_zone_or_the_cli():
     modules = project_modules()
-    roots = ["streamlit_app", *(name for name in modules if name.startswith("pages."))]
+    roots = ["server", "streamlit_app", *(name for name in modules if name.startswith("pages."))]
     reached, todo, via = set(), list(roots), {}
     while todo:
         name = todo.pop()
@@ -87,8 +87,10 @@ def test_the_server_never_reaches_the_zone_or_the_cli():
             if imported in modules and imported not in reached:
                 via.setdefault(imported, name)
                 todo.append(imported)
-    forbidden = sorted(n for n in reached if in_zone(n) or n in DISPATCHERS)
+    forbidden = sorted(n for n in reached if in_zone(n) or n in DISPATCHERS or n == "expr_core.jobs.ray_backend")
     assert forbidden == [], {n: via.get(n) for n in forbidden}
+    ray_users = sorted(n for n in reached if any(i.split(".")[0] == "ray" for i in imports_of(modules[n])))
+    assert ray_users == [], "the server must not import Ray: only job supervisors (the CLI) do"
     assert "expr_core.jobs.runs" in reached and "expr_core.serving" in reached  # the walk does follow imports
 
 

@@ -125,3 +125,11 @@ def test_phase_2s_first_batch_shows_moving_progress(app, workspace):
         assert any("Model ready" in s.value for s in app.success)
     finally:
         writer.close()
+
+
+def test_the_train_page_says_when_training_runs_on_a_ray_cluster(app, workspace, monkeypatch):
+    open_page(app, "pages/train.py")
+    assert not any("Ray cluster" in c.value for c in app.caption)  # the local backend by default
+    monkeypatch.setenv("EXPR_RAY_ADDRESS", "ray://head.example:10001")
+    open_page(app, "pages/train.py")
+    assert any("runs on the Ray cluster at ray://head.example:10001" in c.value for c in app.caption)

@@ -9,11 +9,13 @@ its own routes: :class:`UploadGate` refuses an upload, before reading its body, 
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+LOG = logging.getLogger(__name__)
 UPLOAD_PATH = re.compile(r"/_stcore/upload_file/(?P<session>[^/]+)/")
 
 
@@ -45,6 +47,7 @@ class UploadGate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = UPLOAD_PATH.search(scope.get("path", "")) if scope["type"] == "http" else None
         if match and scope.get("method") == "PUT" and match["session"] not in self.allowed:
+            LOG.warning("Refused an upload from session %s, which has not logged in", match["session"])
             await send({"type": "http.response.start", "status": 403, "headers": [(b"content-type", b"text/plain")]})
             await send({"type": "http.response.body", "body": b"Log in before uploading files."})
             return

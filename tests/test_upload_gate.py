@@ -4,6 +4,7 @@ reading the body; every other request passes untouched. The browser test proves 
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 from pages.upload_gate import AllowedSessions, UploadGate
 
@@ -23,7 +24,9 @@ def call(gate: UploadGate, method: str, path: str) -> tuple[int | None, bool]:
         sent.append(message)
 
     gate.app = app
-    asyncio.run(gate({"type": "http", "method": method, "path": path}, receive, send))
+    # A thread of its own: the browser tests' Playwright keeps an event loop running on this one.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, gate({"type": "http", "method": method, "path": path}, receive, send)).result()
     status = next((m["status"] for m in sent if m["type"] == "http.response.start"), None)
     return status, bool(reached)
 

@@ -177,7 +177,10 @@ def test_video_file_is_annotated_and_plays_in_chromium(detect_server, page, tmp_
     page.get_by_role("tab", name="Video file").click()
     uploader = page.get_by_test_id("stFileUploader").filter(has_text="A video file")
     uploader.locator("input[type=file]").set_input_files(str(clip))
-    page.get_by_text(clip.name).wait_for()
+    try:
+        wait_for(lambda: page.get_by_text(clip.name).count(), 90, "the uploaded video to be listed")
+    except AssertionError as error:  # CI once timed out here: say what the uploader showed instead
+        raise AssertionError(f"{error}; the uploader shows {uploader.inner_text()!r}") from error
     page.get_by_role("button", name="Annotate").click()
     submitted = time.monotonic()
 

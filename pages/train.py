@@ -55,6 +55,15 @@ if running:
     live(running)
     st.stop()
 
+
+@st.fragment(run_every=2.0)
+def watch_for_a_run() -> None:
+    """A run started in another tab or on another replica of the app: show it instead of this form."""
+    if runs.active_run(cfg.workspace):
+        st.rerun()
+
+
+watch_for_a_run()
 listed = registry.runs()
 if listed and listed[0].state == job.JobState.FAILED:  # at the top, where the eye is after pressing Start
     st.error(f"**The last run ({listed[0].run_id}) failed:** {listed[0].error}", icon=":material/error:")
@@ -81,7 +90,7 @@ def clamp(value: float, low: float, high: float) -> float:
 @st.fragment(run_every=2.0)
 def base_status(key: BaseKey) -> None:
     """The chosen backbone's frozen base, prepared once in the background so that training takes seconds."""
-    title = BACKBONES[key.backbone].title
+    title = key.title()
     if bases.is_prepared(cfg, key):
         st.caption(f"{title} at {key.image_size} px is prepared: the first model appears seconds after Start.")
         return

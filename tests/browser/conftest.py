@@ -215,7 +215,7 @@ class StreamlitServer:
 
     def stop(self) -> None:
         """SIGTERM to the server's own process group, SIGKILL after 10 s; then end the job workers (training,
-        video) it started, which run in sessions of their own so that they outlive a page reload."""
+        video, base preparation) it started, which run in sessions of their own so that they outlive a page reload."""
         try:
             self._stop_server()
         finally:
@@ -234,13 +234,13 @@ class StreamlitServer:
 
 
 def stop_job_workers(workspace: Path, grace: float = 10.0) -> list[str]:
-    """SIGTERM (then SIGKILL) every live worker of the workspace's training runs and video jobs; returns
-    the folders whose worker had to be stopped. Workers are recognised by their recorded ``pid:start-time``
+    """SIGTERM (then SIGKILL) every live worker of the workspace's training runs, video jobs and base
+    preparations; returns the folders whose worker had to be stopped. Workers are recognised by their recorded ``pid:start-time``
     identity (``expr_core.jobs.folder``), so an unrelated process with a recycled pid is never signalled."""
     from expr_core.jobs import folder as job
 
     stopped = []
-    folders = [*Path(workspace, "runs").glob("*/"), *Path(workspace, "videos").glob("*/")]
+    folders = [folder for kind in ("runs", "videos", "prepare") for folder in Path(workspace, kind).glob("*/")]
     for folder in folders:
         if not job.worker_alive(folder):
             continue

@@ -18,6 +18,7 @@ from typing import Any
 
 from expr_core import assets, atomic
 from expr_core.backbones import (
+    BACKBONES,
     FER2013,
     IMAGENET,
     NO_WEIGHTS,
@@ -32,6 +33,9 @@ from expr_core.train_config import TrainConfig
 META_FILE = "base.json"
 CHOSEN_FILE = "base.json"  # in the workspace: the base new samples get features for (see remember)
 NONE_SEED = 0  # weights 'none': the random start is seeded, so the same key always means the same values
+
+
+WEIGHT_TITLES = {IMAGENET: "ImageNet", FER2013: "FER2013 expressions", NO_WEIGHTS: "untrained"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,14 @@ class BaseKey:
 
     def slug(self) -> str:
         return f"{self.backbone}-{self.image_size}-{self.weights_id()}"
+
+    def title(self) -> str:
+        """The backbone's name with the weights this base really has ("MobileNetV3Small (untrained)")."""
+        backbone = BACKBONES[self.backbone]
+        if self.weights == backbone.weights:
+            return backbone.title
+        weights = WEIGHT_TITLES.get(self.weights) or f"weights from {Path(self.weights).name}"
+        return f"{backbone.title.split(' (')[0]} ({weights})"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

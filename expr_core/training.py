@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from expr_core import atomic, bases
-from expr_core.backbones import BACKBONES, NO_WEIGHTS
+from expr_core.backbones import NO_WEIGHTS
 from expr_core.bases import BaseKey
 from expr_core.data.features import VIEWS, FeatureStore
 from expr_core.data.split import Split, person_of, split_samples
@@ -209,8 +209,8 @@ def snapshot(store: DatasetStore, config: TrainConfig, writer: JobWriter) -> tup
 def ensure_base(settings: Settings, key: BaseKey, writer: JobWriter) -> Path:
     """The prepared base's folder, preparing it first if this is the first run with it (TensorFlow, once)."""
     if not bases.is_prepared(settings, key):
-        name = BACKBONES[key.backbone].title
-        phase(writer, Phase.BASE, f"Preparing {name} at {key.image_size} px, once for every later run (about a minute)")
+        about = f"{key.title()} at {key.image_size} px, once for every later run (about a minute)"
+        phase(writer, Phase.BASE, f"Preparing {about}")
         from expr_core.worker.base import prepare_base  # TensorFlow loads here, only this once
 
         prepare_base(settings, key)

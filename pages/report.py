@@ -150,11 +150,11 @@ def confusion_heatmap(report: dict[str, Any]) -> alt.Chart:
 
 
 def verdict(run: RunInfo) -> None:
-    """A finished run's quality check: why it is not usable (and so not active), or what to keep in mind."""
+    """A finished run's quality check: why it is not usable (and so not active, unless forced), or what to keep
+    in mind."""
     if run.usable is False:
-        st.error(
-            "**This model is not usable, so it was not made active.**\n\n" + "\n".join(f"- {w}" for w in run.warnings)
-        )
+        why = "it was made active by hand anyway" if run.active else "so it was not made active"
+        st.error(f"**This model is not usable, {why}.**\n\n" + "\n".join(f"- {w}" for w in run.warnings))
     else:
         for warning in run.warnings:
             st.warning(warning)

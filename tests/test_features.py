@@ -109,6 +109,15 @@ def test_the_chosen_base_is_remembered_and_a_bad_record_falls_back_to_the_defaul
     assert bases.current_key(settings) == default
 
 
+def test_a_base_is_named_with_the_weights_it_really_has(tmp_path: Path):
+    """The progress line of a run with weights 'none' said "Preparing MobileNetV3Small (ImageNet)"."""
+    assert BaseKey("mobilenetv3small", 96, "imagenet").title() == "MobileNetV3Small (ImageNet)"
+    assert BaseKey("mobilenetv3small", 48, "none").title() == "MobileNetV3Small (untrained)"
+    assert BaseKey("densenet201", 96, str(tmp_path / "mine.weights.h5")).title() == (
+        "DenseNet201 (weights from mine.weights.h5)"
+    )
+
+
 def test_a_run_on_samples_with_features_skips_straight_to_the_head(prepared: Settings, astronaut_bgr):
     """Features made at capture time and the base in the server's cache are what the worker uses: no base to
     prepare, no features to compute, and a first model seconds after Start."""

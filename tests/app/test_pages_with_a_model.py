@@ -51,7 +51,7 @@ def test_train_page_reports_the_last_run(app, workspace_with_model):
 def test_train_page_says_the_last_run_is_not_usable_and_reads_it_per_person(app, workspace_with_model):
     open_page(app, "pages/train.py")  # the tiny run calls every face the same (it was activated by force)
     (error,) = [e.value for e in app.error if "not usable" in e.value]
-    assert "so it was not made active" in error and "not clearly better than guessing" in error
+    assert "it was made active by hand anyway" in error and "not clearly better than guessing" in error
     assert any(
         "Validation holds other capture sessions of people also in training (unknown)" in c.value for c in app.caption
     )
@@ -64,12 +64,14 @@ def test_models_page_asks_before_activating_a_model_that_is_not_usable(app, work
     (workspace_with_model / "active.json").unlink()
     open_page(app, "pages/models.py")
     assert app.dataframe[0].value["usable"].tolist() == ["no"]
-    assert any("not usable" in e.value for e in app.error)
+    assert any("not usable, so it was not made active" in e.value for e in app.error)
     activate = next(b for b in app.button if b.label == "Activate")
     assert activate.disabled
     next(c for c in app.checkbox if c.label == "I understand this model is not usable").check().run()
     next(b for b in app.button if b.label == "Activate").click().run()
     assert not app.exception and registry.active_id() == run.run_id
+    app.run()
+    assert any("not usable, it was made active by hand anyway" in e.value for e in app.error)
 
 
 def test_the_train_form_starts_from_the_last_runs_settings(app, workspace_with_model):

@@ -212,7 +212,9 @@ def test_video_file_is_annotated_and_plays_in_chromium(detect_server, page, tmp_
     # 1 s refresh, which revoked the buttons' files: "Deferred file ... not found", nothing downloaded).
     csv = page.get_by_role("button", name="Expressions over time (CSV)")
     mp4 = page.get_by_role("button", name="Annotated video (MP4)")
-    assert csv.count() == 1 and csv.is_enabled() and mp4.count() == 1
+    # (they come after the video, the chart and the table in the same page run: the video can be up before them)
+    wait_for(lambda: csv.count() == 1 and mp4.count() == 1, 15, "the download buttons under the finished video")
+    assert csv.is_enabled() and mp4.is_enabled()
     tables = []
     for _ in range(2):
         page.wait_for_timeout(2500)

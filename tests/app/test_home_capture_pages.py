@@ -39,6 +39,15 @@ def test_capture_page_renders_counts_and_falls_back_to_haar(app, workspace):
     assert any("Haar fallback" in w.value for w in app.warning)
 
 
+def test_the_burst_controls_never_say_stop_twice_and_the_box_number_is_explained(app, workspace):
+    """Review C8: the camera's own Stop sat beside a second "Stop" (the burst's), and the box's score was unexplained."""
+    open_page(app, "pages/capture.py")
+    labels = [b.label for b in app.button]
+    assert {"Record", "Snapshot", "Cancel"} <= set(labels) and "Stop" not in labels, labels
+    assert next(b for b in app.button if b.label == "Cancel").help == "Stop the burst (the camera stays on)"
+    assert any("how sure the detector is that it is a face" in c.value for c in app.caption)
+
+
 def test_capture_page_adds_and_rejects_labels(app, workspace):
     open_page(app, "pages/capture.py")
     new_label = next(t for t in app.text_input if t.label == "New label")

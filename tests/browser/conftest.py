@@ -45,6 +45,8 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.waiting import wait_for
+
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = os.environ.get("EXPR_CHROMIUM", "/usr/bin/chromium")
@@ -558,6 +560,13 @@ def open_app_page(page, url: str, heading: str, timeout: float = 60.0) -> None:
     """Go to ``url`` and wait for the page's title heading (the first script run can take a while)."""
     page.goto(url)
     page.get_by_role("heading", name=heading, exact=True).wait_for(timeout=timeout * 1000)
+
+
+def open_tab(page, name: str, timeout: float = 30.0) -> None:
+    """Click the tab ``name`` until it is the selected one: a click landing while the page redraws its tabs can
+    be lost, and what the hidden tab then holds (an upload's file list) never becomes visible."""
+    tab = page.get_by_role("tab", name=name)
+    wait_for(lambda: tab.click() or tab.get_attribute("aria-selected") == "true", timeout, f"the {name} tab", 0.5)
 
 
 def navigate(page, link: str, heading: str, tries: int = 3, timeout: float = 30.0) -> int:

@@ -27,6 +27,7 @@ from .conftest import (
     face_canvas,
     metric_value,
     open_app_page,
+    open_tab,
     start_camera,
     webrtc_frame,
 )
@@ -174,7 +175,7 @@ def test_video_file_is_annotated_and_plays_in_chromium(detect_server, page, tmp_
     colors = label_colors_rgb(registry.labels(registry.active_id()))
 
     open_app_page(page, detect_server.url + "/detect", "Detect")
-    page.get_by_role("tab", name="Video file").click()
+    open_tab(page, "Video file")
     uploader = page.get_by_test_id("stFileUploader").filter(has_text="A video file")
     uploader.locator("input[type=file]").set_input_files(str(clip))
     try:

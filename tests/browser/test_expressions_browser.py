@@ -54,6 +54,7 @@ from .conftest import (
     launch_chromium,
     navigate,
     open_app_page,
+    open_tab,
     overlay_pixels,
     settle_number,
     start_camera,
@@ -443,7 +444,7 @@ def images_tab_rows(page, files: list[Path], tries: int = 2) -> tuple[dict[str, 
     """Upload photos on the Detect page's Images tab and read each one's row of the table's CSV download;
     returns ``{file name: row}`` and how many times the files had to be chosen (an upload the uploader does not show within
     10 s is chosen again, and counted: seen once right after a camera Stop, see the report)."""
-    page.get_by_role("tab", name="Images").click()
+    open_tab(page, "Images")
     uploader = page.get_by_test_id("stFileUploader").filter(has_text="Images")
     for attempt in range(1, tries + 1):
         uploader.locator("input[type=file]").set_input_files([str(f) for f in files])
@@ -528,7 +529,7 @@ def test_a_new_team_records_trains_and_reads_a_person_it_never_saw(
             if label == LABELS[0]:  # both photos at once, in the first browser, before its camera starts
                 table, upload_tries = images_tab_rows(page, list(photo_files.values()))
                 page.screenshot(path=str(artifacts / "07-detect-images-tab.png"), full_page=True)
-                page.get_by_role("tab", name="Live").click()
+                open_tab(page, "Live")
             readings[label] = watch_label(page, labels, label, artifacts, f"08-detect-{held_back}-{label}.png")
     assert {name: row["label"] for name, row in table.items()} == {photo_files[k].name: k for k in LABELS}, table
     total = time.monotonic() - began

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from expr_core.backbones import BACKBONES
 from expr_core.jobs import folder as job
 from expr_core.jobs import runs
 from expr_core.registry import Registry
@@ -27,10 +26,16 @@ from tests.test_train_split import TINY, add_face_samples
 from tests.waiting import wait_for
 
 from .conftest import navigate, open_app_page, shared_models_dir
-from .test_train_browser import LAST_RUN_DONE, RUN_HEADING, fill_form_number, set_select_slider
+from .test_train_browser import LAST_RUN_DONE, RUN_HEADING, fill_train_form
 
 PER_SESSION = 5  # faces per capture session (3 sessions per label): enough batches for the run to last a while
-FORM = {"image_size": 48, "batch_size": 8, "epochs_1": 3, "epochs_2": 6}  # phase 2 keeps the run going for a while
+FORM = {
+    "backbone": "mobilenetv3small",
+    "image_size": 48,
+    "batch_size": 8,
+    "epochs_1": 3,
+    "epochs_2": 6,
+}  # phase 2 keeps the run going for a while
 NOTICE_S = 15.0  # B's form page looks for a run started elsewhere every 2 s (one rerun after that may be slow)
 
 # The rows of the Models page's runs table (the current st.dataframe with an "active" column), read from the
@@ -75,22 +80,6 @@ def shows_active(page, run_id: str) -> bool:
     )
 
 
-def choose_fast_settings(page) -> None:
-    """The Train page's form on a cheap network: MobileNetV3Small from random weights, tiny inputs, few epochs."""
-    page.get_by_test_id("stSelectbox").filter(has_text="Backbone").click()
-    page.get_by_role("option", name=BACKBONES["mobilenetv3small"].title, exact=True).click()
-    page.get_by_role("radiogroup", name="Starting weights").get_by_text("none", exact=True).click()
-    page.get_by_text("Without pretrained weights the network starts from random values").wait_for(timeout=30_000)
-    set_select_slider(page, "Input size (pixels)", str(FORM["image_size"]))
-    set_select_slider(page, "Batch size", str(FORM["batch_size"]))
-    fill_form_number(page, "Phase 1 epochs (base frozen; 0 = skip)", FORM["epochs_1"])
-    fill_form_number(page, "Phase 2 epochs (fine-tune all; 0 = skip)", FORM["epochs_2"])
-    page.get_by_text("Advanced", exact=True).click()
-    quantize = page.get_by_role("checkbox", name="Also make a quantised (faster) serving file")
-    quantize.uncheck(force=True)
-    assert not quantize.is_checked()
-
-
 @pytest.mark.browser_timeout(300)
 def test_two_servers_on_one_workspace_share_runs_jobs_and_the_active_model(
     server_factory, new_page, tmp_path: Path, astronaut_bgr, artifacts: Path, results
@@ -109,7 +98,7 @@ def test_two_servers_on_one_workspace_share_runs_jobs_and_the_active_model(
     open_app_page(page_b, b.url + "/train", "Train")
     for page in (page_a, page_b):
         page.get_by_text(f"happy: {per_label} · sad: {per_label}").wait_for()
-    choose_fast_settings(page_a)
+    fill_train_form(page_a, FORM)
     page_b.get_by_role("button", name="Start training").wait_for()
     assert runs.run_ids(shared) == []
 

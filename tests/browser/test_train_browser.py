@@ -98,6 +98,26 @@ def fill_form_number(page, label: str, value: int) -> None:
     page.wait_for_function("([el, v]) => parseFloat(el.value) === v", arg=[box.element_handle(), value], timeout=10_000)
 
 
+def fill_train_form(page, form: dict) -> None:
+    """The Train page's settings for a cheap run: ``form``'s backbone from random weights ('none'), its input
+    size, batch size and epochs, no quantised file (the conversion alone takes ~10 s here; the CLI tests cover
+    the default)."""
+    page.get_by_test_id("stSelectbox").filter(has_text="Backbone").click()
+    page.get_by_role("option", name=BACKBONES[form["backbone"]].title, exact=True).click()
+    page.get_by_role("radiogroup", name="Starting weights").get_by_text("none", exact=True).click()
+    # Backbone and weights sit outside the form: each choice reruns the page and redraws the form with that
+    # backbone's defaults. Only once the weights-none advice is shown is the form the final one to fill in.
+    page.get_by_text("Without pretrained weights the network starts from random values").wait_for(timeout=30_000)
+    set_select_slider(page, "Input size (pixels)", str(form["image_size"]))
+    set_select_slider(page, "Batch size", str(form["batch_size"]))
+    fill_form_number(page, "Phase 1 epochs (base frozen; 0 = skip)", form["epochs_1"])
+    fill_form_number(page, "Phase 2 epochs (fine-tune all; 0 = skip)", form["epochs_2"])
+    page.get_by_text("Advanced", exact=True).click()
+    quantize = page.get_by_role("checkbox", name="Also make a quantised (faster) serving file")
+    quantize.uncheck(force=True)
+    assert not quantize.is_checked()
+
+
 def live_progress_shown(page) -> str | None:
     """What the live section shows: the phase text with its bars, or None while it is not visible."""
     if page.get_by_role("heading", name=RUN_HEADING).count() == 0:
@@ -141,20 +161,7 @@ def test_capture_then_train_shows_the_run_with_its_charts(server_factory, page, 
     # -- Train: tiny settings in the form, then Start.
     results("train_nav_clicks", navigate(page, "Train", "Train"))
     page.get_by_text(f"happy: {2 * CROPS} · sad: {2 * CROPS}").wait_for()
-    page.get_by_test_id("stSelectbox").filter(has_text="Backbone").click()
-    page.get_by_role("option", name=BACKBONES[TINY["backbone"]].title, exact=True).click()
-    page.get_by_role("radiogroup", name="Starting weights").get_by_text("none", exact=True).click()
-    # Backbone and weights sit outside the form: each choice reruns the page and redraws the form with that
-    # backbone's defaults. Only once the weights-none advice is shown is the form the final one to fill in.
-    page.get_by_text("Without pretrained weights the network starts from random values").wait_for(timeout=30_000)
-    set_select_slider(page, "Input size (pixels)", str(TINY["image_size"]))
-    set_select_slider(page, "Batch size", str(TINY["batch_size"]))
-    fill_form_number(page, "Phase 1 epochs (base frozen; 0 = skip)", TINY["epochs_1"])
-    fill_form_number(page, "Phase 2 epochs (fine-tune all; 0 = skip)", TINY["epochs_2"])
-    page.get_by_text("Advanced", exact=True).click()
-    quantize = page.get_by_role("checkbox", name="Also make a quantised (faster) serving file")
-    quantize.uncheck(force=True)  # the conversion alone takes ~10 s here; the default is tested by the CLI tests
-    assert not quantize.is_checked()
+    fill_train_form(page, TINY)
     page.screenshot(path=str(artifacts / "02-train-form.png"), full_page=True)
     page.get_by_role("button", name="Start training").click()
     clicked = time.monotonic()
